@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    the whole pipeline on the embedded default (synthetic data) -> results/
+#   make test   the test suite
+# Both create the virtual environment on first use (torch pinned by constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
+
+.PHONY: run test venv dryrun report clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -r requirements.txt
+	$(BIN)/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+
+dryrun: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --dry-run
+
+report: $(STAMP)
+	$(BIN)/snakemake --report results/report.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,35 @@
+# Lumbar spine MRI degenerative classification: RSNA 2024 format data -> submission.
+# Stages live in rules/*.smk; the logic lives in the `spinepipe` package.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+import yaml
+
+from spinepipe.config import ConfigError, check_semantics, deep_update
+
+min_version("9.0")
+
+# config.yaml beside this file holds every default; --configfile overlays (configs/*.yaml)
+# and --config values are merged on top, so an overlay names only what it changes.
+_defaults = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
+_merged = deep_update(_defaults, config)
+config.clear()
+config.update(_merged)
+validate(config, "spinepipe/schemas/config.schema.yaml")
+try:
+    check_semantics(config, Path(workflow.basedir))
+except ConfigError as error:
+    raise WorkflowError(str(error))
+
+
+include: "rules/common.smk"
+include: "rules/synthesize.smk"
+include: "rules/dataset.smk"
+
+
+rule all:
+    input:
+        default_targets(),
+    default_target: True

@@ -1,0 +1,43 @@
+# Shared helpers: where the dataset lives, how synthetic studies are sharded.
+from spinepipe.synth.generate import shard_ranges
+
+SYNTHETIC = not config["data_dir"]
+SYNTHETIC_DIR = Path("results/synthetic")
+DATA_DIR = SYNTHETIC_DIR if SYNTHETIC else Path(config["data_dir"])
+SYNTHETIC_CSVS = [
+    "train.csv",
+    "train_label_coordinates.csv",
+    "train_series_descriptions.csv",
+    "test_series_descriptions.csv",
+    "sample_submission.csv",
+    "test_labels.csv",
+    "level_centers.csv",
+    "quirks.csv",
+]
+
+
+def synthetic_shards(split):
+    syn = config["synthetic"]
+    ranges = shard_ranges(syn[f"n_{split}"], syn["studies_per_shard"])
+    return [str(SYNTHETIC_DIR / "shards" / f"{split}_{i:04d}") for i in range(len(ranges))]
+
+
+def shard_settings(wildcards):
+    """What one shard's content depends on: not the total study count, so adding a study
+    reruns only its own shard."""
+    syn = {k: v for k, v in config["synthetic"].items() if k not in ("n_train", "n_test")}
+    ranges = shard_ranges(config["synthetic"][f"n_{wildcards.split}"], syn["studies_per_shard"])
+    indices = ranges[int(wildcards.shard)]
+    return {"seed": config["seed"], "synthetic": syn, "start": indices.start, "stop": indices.stop}
+
+
+def dataset_file(name):
+    """A file of the active dataset (synthetic ones are produced by the workflow)."""
+    return str(DATA_DIR / name)
+
+
+def default_targets():
+    targets = ["results/dataset/summary.json"]
+    if SYNTHETIC:
+        targets.append("results/synthetic/learnability.json")
+    return targets

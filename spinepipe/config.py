@@ -1,0 +1,106 @@
+"""Loading and validating the pipeline configuration.
+
+The JSON schema (``schemas/config.schema.yaml``) catches types, unknown keys and negative
+counts; :func:`check_semantics` catches what a schema cannot express (ranges given upside
+down, priors that do not sum to one, a data folder that does not exist).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+DATASET_FILES = (
+    "train.csv",
+    "train_label_coordinates.csv",
+    "train_series_descriptions.csv",
+    "test_series_descriptions.csv",
+    "sample_submission.csv",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value that the pipeline cannot run with."""
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate_schema(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError listing every schema violation with its key path."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_where(e)}: {e.message}" for e in errors]
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def _iter_ranges(node: Any, path: str = ""):
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _iter_ranges(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list) and len(node) == 2 and path.endswith(("_mm", "slices")):
+        yield path, node
+
+
+def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> None:
+    """Checks beyond the schema; raise ConfigError naming the key and the problem."""
+    problems: list[str] = []
+    for path, (low, high) in _iter_ranges(config.get("synthetic", {}), "synthetic"):
+        if low > high:
+            problems.append(f"  {path}: range [{low}, {high}] has its minimum above its maximum")
+    for family, levels in config.get("synthetic", {}).get("priors", {}).items():
+        for level, probs in levels.items():
+            if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+                problems.append(f"  synthetic.priors.{family}.{level}: {probs} sums to "
+                                f"{sum(probs):.4f}, not 1")
+    data_dir = config.get("data_dir", "")
+    if data_dir:
+        folder = Path(data_dir)
+        if not folder.is_absolute() and base_dir is not None:
+            folder = base_dir / folder
+        if not folder.is_dir():
+            problems.append(f"  data_dir: folder '{folder}' does not exist")
+        else:
+            missing = [f for f in DATASET_FILES if not (folder / f).is_file()]
+            if missing:
+                problems.append(f"  data_dir: '{folder}' lacks {', '.join(missing)}")
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+
+
+def validate(config: Mapping[str, Any], base_dir: Path | None = None) -> None:
+    validate_schema(config)
+    check_semantics(config, base_dir)
+
+
+def load_config(*paths: Path | str, base_dir: Path | None = None) -> dict[str, Any]:
+    """Read config files in order (later ones overlay earlier ones) and validate."""
+    config: dict[str, Any] = {}
+    for path in paths:
+        overlay = yaml.safe_load(Path(path).read_text()) or {}
+        config = deep_update(config, overlay)
+    validate(config, base_dir)
+    return config
+
+
+def deep_update(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, as Snakemake does for --configfile overlays."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,54 @@
+"""Names fixed by the competition's data format (see shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+LEVELS: tuple[str, ...] = ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
+LEVEL_NAMES: dict[str, str] = {lv: lv.upper().replace("_", "/") for lv in LEVELS}
+
+CONDITIONS: tuple[str, ...] = (
+    "spinal_canal_stenosis",
+    "left_neural_foraminal_narrowing",
+    "right_neural_foraminal_narrowing",
+    "left_subarticular_stenosis",
+    "right_subarticular_stenosis",
+)
+CONDITION_NAMES: dict[str, str] = {
+    c: " ".join(w.capitalize() for w in c.split("_")) for c in CONDITIONS
+}
+# Condition family (what the pathology narrows) and side of each condition.
+CONDITION_FAMILY: dict[str, str] = {
+    "spinal_canal_stenosis": "spinal",
+    "left_neural_foraminal_narrowing": "foraminal",
+    "right_neural_foraminal_narrowing": "foraminal",
+    "left_subarticular_stenosis": "subarticular",
+    "right_subarticular_stenosis": "subarticular",
+}
+CONDITION_SIDE: dict[str, str] = {
+    "spinal_canal_stenosis": "center",
+    "left_neural_foraminal_narrowing": "left",
+    "right_neural_foraminal_narrowing": "right",
+    "left_subarticular_stenosis": "left",
+    "right_subarticular_stenosis": "right",
+}
+FAMILIES: tuple[str, ...] = ("spinal", "foraminal", "subarticular")
+
+SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")
+SUBMISSION_COLUMNS: tuple[str, ...] = ("normal_mild", "moderate", "severe")
+
+SAGITTAL_T1 = "Sagittal T1"
+SAGITTAL_T2 = "Sagittal T2/STIR"
+AXIAL_T2 = "Axial T2"
+SERIES_DESCRIPTIONS: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
+# The series a radiologist annotates each condition family on.
+FAMILY_SERIES: dict[str, str] = {
+    "spinal": SAGITTAL_T2,
+    "foraminal": SAGITTAL_T1,
+    "subarticular": AXIAL_T2,
+}
+
+LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS)
+
+
+def row_id(study_id: int, condition: str, level: str) -> str:
+    """Submission row id, e.g. ``4003253_spinal_canal_stenosis_l1_l2``."""
+    return f"{study_id}_{condition}_{level}"
