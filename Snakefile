@@ -27,6 +27,7 @@ except ConfigError as error:
 include: "rules/common.smk"
 include: "rules/synthesize.smk"
 include: "rules/dataset.smk"
+include: "rules/metadata.smk"
 
 
 rule all:

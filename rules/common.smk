@@ -31,13 +31,22 @@ def shard_settings(wildcards):
     return {"seed": config["seed"], "synthetic": syn, "start": indices.start, "stop": indices.stop}
 
 
+PACKAGE_DIR = Path(workflow.basedir) / "spinepipe"
+
+
+def code(*modules):
+    """Package modules a rule runs, as inputs: editing one reruns the rule and what follows
+    (Snakemake tracks a rule's script, not the library code it imports)."""
+    return [str(PACKAGE_DIR / f"{module}.py") for module in modules]
+
+
 def dataset_file(name):
     """A file of the active dataset (synthetic ones are produced by the workflow)."""
     return str(DATA_DIR / name)
 
 
 def default_targets():
-    targets = ["results/dataset/summary.json"]
+    targets = ["results/dataset/summary.json", "results/metadata/axial_xref.parquet"]
     if SYNTHETIC:
-        targets.append("results/synthetic/learnability.json")
+        targets += ["results/synthetic/learnability.json", "results/eval/geometry.json"]
     return targets

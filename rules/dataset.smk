@@ -4,6 +4,7 @@
 rule dataset_summary:
     input:
         csvs=[dataset_file(name) for name in SYNTHETIC_CSVS[:5]],
+        code=code("dataset"),
     output:
         report(
             "results/dataset/summary.json",

@@ -2,6 +2,9 @@
 
 
 rule synthesize_shard:
+    input:
+        code=code("synth/anatomy", "synth/labels", "synth/render", "synth/series",
+                  "synth/dicom_writer", "synth/generate", "geometry"),
     output:
         directory("results/synthetic/shards/{split}_{shard}"),
     params:
@@ -28,6 +31,7 @@ rule synthesize:
     input:
         train=synthetic_shards("train"),
         test=synthetic_shards("test"),
+        code=code("synth/generate"),
     output:
         [str(SYNTHETIC_DIR / name) for name in SYNTHETIC_CSVS],
     params:
@@ -48,7 +52,8 @@ rule synthesize:
 
 rule synthetic_learnability:
     input:
-        rules.synthesize.output,
+        dataset=rules.synthesize.output,
+        code=code("synth/learnability", "dicom_io", "metric"),
     output:
         report(
             "results/synthetic/learnability.json",
