@@ -28,6 +28,7 @@ include: "rules/common.smk"
 include: "rules/synthesize.smk"
 include: "rules/dataset.smk"
 include: "rules/metadata.smk"
+include: "rules/localize.smk"
 
 
 rule all:

@@ -46,7 +46,9 @@ def dataset_file(name):
 
 
 def default_targets():
-    targets = ["results/dataset/summary.json", "results/metadata/axial_xref.parquet"]
+    targets = ["results/dataset/summary.json", "results/metadata/axial_xref.parquet",
+               "results/localize/coordinates.parquet"]
     if SYNTHETIC:
-        targets += ["results/synthetic/learnability.json", "results/eval/geometry.json"]
+        targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",
+                    "results/eval/localization.json"]
     return targets

@@ -18,7 +18,16 @@ TINY = {
         "studies_per_shard": 3,
         "sagittal": {"matrix": [64, 80], "slices": [15, 17]},
         "axial": {"matrix": [64, 72]},
-    }
+    },
+    "folds": {"n": 2},
+    "localize": {
+        "image_size": 64,
+        "slice_image_size": 32,
+        "axial_crop": 32,
+        "threads": 1,
+        "point_model": {"epochs": 1, "batch_size": 8},
+        "slice_model": {"epochs": 1},
+    },
 }
 # Every quirk often enough that a handful of studies shows each of them.
 QUIRKY = {

@@ -1,0 +1,236 @@
+"""Localizing every level of a study with the fold models: slices, then points.
+
+Order of work per study: Sagittal T2 canal slice and points -> 3D canal points -> Sagittal T1
+foramen slices (from the canal, in mm) and points -> level points -> axial cross-reference
+-> axial recess points. Each step that cannot run records why; nothing raises for one study.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from spinepipe.geometry import StackGeometry
+from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.samples import POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
+from spinepipe.localize.stacks import StackCache
+from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
+
+log = logging.getLogger(__name__)
+
+TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
+CANAL = CONDITION_NAMES["spinal_canal_stenosis"]
+FORAMEN = {side: CONDITION_NAMES[f"{side}_neural_foraminal_narrowing"] for side in SIDES}
+RECESS = {side: CONDITION_NAMES[f"{side}_subarticular_stenosis"] for side in SIDES}
+
+PREDICTION_SCHEMA = {
+    "study_id": pl.Int64, "series_id": pl.Int64, "series_description": pl.String,
+    "condition": pl.String, "level": pl.String, "side": pl.String,
+    "instance_number": pl.Int64, "slice_index": pl.Int64, "x": pl.Float64, "y": pl.Float64,
+    "confidence": pl.Float64, "spread_px": pl.Float64,
+    "geometric_slice": pl.Int64, "learned_slice": pl.Int64, "slice_method": pl.String,
+}
+REASON_SCHEMA = {"study_id": pl.Int64, "series_description": pl.String, "reason": pl.String}
+
+
+@dataclass
+class FoldModels:
+    point: list[PointModel]
+    slice: list[SliceModel]
+
+
+def load_models(paths: dict[str, list[Path]]) -> dict[str, FoldModels]:
+    """``paths``: '{kind}_{task}' -> checkpoint files (one per fold)."""
+    models: dict[str, FoldModels] = {}
+    for task in TASKS:
+        point, slices = [], []
+        for path in paths.get(f"point_{task}", []):
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            model = PointModel(ckpt["meta"]["backbone"], POINTS_PER_TASK[task])
+            model.load_state_dict(ckpt["state_dict"])
+            point.append(model.eval())
+        for path in paths.get(f"slice_{task}", []):
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            model = SliceModel(ckpt["meta"]["backbone"], SLICE_TARGETS[task])
+            model.load_state_dict(ckpt["state_dict"])
+            slices.append(model.eval())
+        models[task] = FoldModels(point, slices)
+    return models
+
+
+@torch.no_grad()
+def predict_points(models: list[PointModel], images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mean (N, K, 2) position in image pixels over fold models, peak prob and fold spread."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    outs = [m(tensor) for m in models]
+    size = np.array([images.shape[2], images.shape[1]])
+    xy = np.stack([o["xy"].numpy() * size for o in outs])  # (F, N, K, 2)
+    peak = np.mean([o["peak"].numpy() for o in outs], axis=0)
+    spread = np.linalg.norm(xy.std(axis=0), axis=-1) if len(models) > 1 else np.zeros(peak.shape)
+    return xy.mean(axis=0), peak, spread
+
+
+@torch.no_grad()
+def predict_slices(models: list[SliceModel], images: np.ndarray, size: int) -> np.ndarray | None:
+    """Slice index per target from the fold-averaged probabilities over slices."""
+    if not models:
+        return None
+    stack = torch.from_numpy(downsample_stack(images, size))[None]
+    probs = np.mean([m(stack)[0].softmax(0).numpy() for m in models], axis=0)  # (S, T)
+    return probs.argmax(0)
+
+
+def _first(series: pl.DataFrame, description: str, cache: StackCache) -> dict[str, Any] | None:
+    for row in series.filter(pl.col("series_description") == description).iter_rows(named=True):
+        if row["series_id"] in cache:
+            return row
+    return None
+
+
+class StudyLocalizer:
+    def __init__(self, models: dict[str, FoldModels], cache: StackCache,
+                 geometries: dict[int, StackGeometry], read_slice, cfg: dict[str, Any]) -> None:
+        self.models, self.cache, self.geometries, self.read_slice = models, cache, geometries, read_slice
+        self.cfg = cfg
+
+    def _row(self, study_id, series, condition, level, side, index, x, y, scale, peak, spread,
+             geometric, learned) -> dict[str, Any]:
+        stack = self.cache.get(series["series_id"])
+        return {"study_id": study_id, "series_id": series["series_id"],
+                "series_description": series["series_description"], "condition": condition,
+                "level": LEVEL_NAMES[level], "side": side,
+                "instance_number": int(stack["instance_numbers"][index]), "slice_index": int(index),
+                "x": float(x * scale[0]), "y": float(y * scale[1]), "confidence": float(peak),
+                "spread_px": float(spread * scale[0]), "geometric_slice": geometric,
+                "learned_slice": learned, "slice_method": self.cfg["slice_method"]}
+
+    def _choose(self, geometric: int, learned: int | None) -> int:
+        if self.cfg["slice_method"] == "learned" and learned is not None:
+            return int(learned)
+        return int(geometric)
+
+    def localize(self, study_id: int, series: pl.DataFrame) -> tuple[list[dict], list[dict]]:
+        rows: list[dict] = []
+        reasons: list[dict] = []
+        t2, t1 = _first(series, SAGITTAL_T2, self.cache), _first(series, SAGITTAL_T1, self.cache)
+        canal_points: dict[str, np.ndarray] = {}
+        annotated_like: list[dict] = []
+        if t2 is None:
+            reasons.append({"study_id": study_id, "series_description": SAGITTAL_T2,
+                            "reason": "no usable Sagittal T2/STIR series"})
+        else:
+            stack, geometry = self.cache.get(t2["series_id"]), self.geometries[t2["series_id"]]
+            # geometric choice: the slice nearest the middle of the stack (scanners centre
+            # sagittal stacks on the mid-line)
+            positions = geometry.ipp @ geometry.normals[0]
+            middle = int(np.argmin(np.abs(positions - (positions.min() + positions.max()) / 2)))
+            learned = predict_slices(self.models["sagittal_t2"].slice, stack["images"],
+                                     self.cfg["slice_image_size"])
+            chosen = [self._choose(middle, None if learned is None else learned[k]) for k in range(5)]
+            unique = sorted(set(chosen))
+            xy, peak, spread = predict_points(self.models["sagittal_t2"].point,
+                                              stack["images"][unique].astype(np.float32))
+            for k, level in enumerate(LEVELS):
+                u = unique.index(chosen[k])
+                rows.append(self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[u, k],
+                                      stack["scale"], peak[u, k], spread[u, k], middle,
+                                      None if learned is None else int(learned[k])))
+                p = geometry.to_patient(chosen[k], xy[u, k, 0] * stack["scale"][0],
+                                        xy[u, k, 1] * stack["scale"][1])
+                canal_points[level] = p
+                annotated_like.append({"study_id": study_id, "condition": CANAL,
+                                       "level": LEVEL_NAMES[level], "series_id": t2["series_id"],
+                                       "px": p[0], "py": p[1], "pz": p[2]})
+        if t1 is None:
+            reasons.append({"study_id": study_id, "series_description": SAGITTAL_T1,
+                            "reason": "no usable Sagittal T1 series"})
+        else:
+            stack, geometry = self.cache.get(t1["series_id"]), self.geometries[t1["series_id"]]
+            learned = predict_slices(self.models["sagittal_t1"].slice, stack["images"],
+                                     self.cfg["slice_image_size"])
+            mid_point = None
+            if canal_points:
+                mid_point = np.mean(list(canal_points.values()), axis=0)
+            for k, level in enumerate(LEVELS):
+                reference = canal_points.get(level, mid_point)
+                if reference is None:  # no canal: the stack centre is the mid-line guess
+                    reference = geometry.ipp[len(geometry) // 2]
+                choice = select_sagittal_slices(geometry, reference, self.cfg["foramen_offset_mm"])
+                for s, side in enumerate(SIDES):
+                    geometric = geometry.index_of(choice[side])
+                    learned_k = None if learned is None else int(learned[k * 2 + s])
+                    index = self._choose(geometric, learned_k)
+                    xy, peak, spread = predict_points(self.models["sagittal_t1"].point,
+                                                      stack["images"][[index]].astype(np.float32))
+                    rows.append(self._row(study_id, t1, FORAMEN[side], level, side, index,
+                                          *xy[0, k], stack["scale"], peak[0, k], spread[0, k],
+                                          geometric, learned_k))
+                    p = geometry.to_patient(index, xy[0, k, 0] * stack["scale"][0],
+                                            xy[0, k, 1] * stack["scale"][1])
+                    annotated_like.append({"study_id": study_id, "condition": FORAMEN[side],
+                                           "level": LEVEL_NAMES[level], "series_id": t1["series_id"],
+                                           "px": p[0], "py": p[1], "pz": p[2]})
+        rows += self._axial(study_id, series, annotated_like, reasons)
+        return rows, reasons
+
+    def _axial(self, study_id: int, series: pl.DataFrame, points: list[dict],
+               reasons: list[dict]) -> list[dict]:
+        axial = series.filter((pl.col("series_description") == AXIAL_T2)
+                              & pl.col("series_id").is_in(list(self.cache.paths)))
+        if axial.height == 0:
+            reasons.append({"study_id": study_id, "series_description": AXIAL_T2,
+                            "reason": "no usable Axial T2 series"})
+            return []
+        if not points:
+            reasons.append({"study_id": study_id, "series_description": AXIAL_T2,
+                            "reason": "no sagittal level point to cross-reference from"})
+            return []
+        frame = pl.DataFrame(points, schema={"study_id": pl.Int64, "condition": pl.String,
+                                             "level": pl.String, "series_id": pl.Int64,
+                                             "px": pl.Float64, "py": pl.Float64, "pz": pl.Float64})
+        level_pts = level_points(frame, self.geometries)
+        xref = axial_cross_reference(level_pts, axial, self.geometries, self.read_slice)
+        rows = []
+        size = self.cfg["axial_crop"]
+        for series_id in axial["series_id"].to_list():
+            srow = axial.filter(pl.col("series_id") == series_id).row(0, named=True)
+            stack = self.cache.get(series_id)
+            learned = predict_slices(self.models["axial_t2"].slice, stack["images"],
+                                     self.cfg["slice_image_size"])
+            for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
+                k = LEVELS.index(next(lv for lv in LEVELS if LEVEL_NAMES[lv] == r["level"]))
+                learned_k = None if learned is None else int(learned[k])
+                index = self._choose(r["slice_index"], learned_k)
+                scale = stack["scale"]
+                image, corner = crop(stack["images"][index].astype(np.float32),
+                                     (r["x"] / scale[0], r["y"] / scale[1]), size)
+                xy, peak, spread = predict_points(self.models["axial_t2"].point, image[None])
+                for s, side in enumerate(SIDES):
+                    x, y = xy[0, s] + corner
+                    rows.append(self._row(study_id, srow, RECESS[side], LEVELS[k], side, index, x, y,
+                                          scale, peak[0, s], spread[0, s], int(r["slice_index"]),
+                                          learned_k))
+        return rows
+
+
+def localize_split(studies: list[int], series: pl.DataFrame, localizer_for_study) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run a localizer over studies; ``localizer_for_study(study_id)`` picks the fold models."""
+    rows, reasons = [], []
+    for study_id in studies:
+        study_series = series.filter(pl.col("study_id") == study_id)
+        try:
+            r, why = localizer_for_study(study_id).localize(study_id, study_series)
+        except Exception as error:  # one broken study never stops the others
+            log.exception("study %s: localization failed", study_id)
+            r, why = [], [{"study_id": study_id, "series_description": None,
+                           "reason": f"localization failed: {type(error).__name__}: {error}"[:300]}]
+        rows += r
+        reasons += why
+    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA), pl.DataFrame(reasons, schema=REASON_SCHEMA)

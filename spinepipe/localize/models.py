@@ -1,0 +1,78 @@
+"""Localization models: a heatmap point model and a slice model over a whole stack.
+
+Both wrap a timm backbone named in the config (trained from scratch by default, or from a
+local weights file); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spinepipe.torch_compat import import_timm
+
+
+def create_backbone(name: str, weights: str | None = None, **kwargs) -> nn.Module:
+    """A timm model with random weights, or weights from a local file (never a hub)."""
+    timm = import_timm()
+    model = timm.create_model(name, pretrained=False, in_chans=1, **kwargs)
+    if weights:
+        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if len(missing) > len(state) // 2:
+            raise ValueError(f"{weights}: does not match backbone {name} "
+                             f"({len(missing)} missing keys)")
+    return model
+
+
+def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected (x, y) in [0, 1] of each heatmap (B, K, H, W), and the peak probability."""
+    b, k, h, w = logits.shape
+    prob = logits.flatten(2).softmax(-1).view(b, k, h, w)
+    xs = (torch.arange(w, device=logits.device, dtype=prob.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=logits.device, dtype=prob.dtype) + 0.5) / h
+    x = (prob.sum(2) * xs).sum(-1)
+    y = (prob.sum(3) * ys).sum(-1)
+    return torch.stack([x, y], dim=-1), prob.flatten(2).max(-1).values
+
+
+class PointModel(nn.Module):
+    """Backbone features at strides 4 and 8 fused, one heatmap per target point at stride 2."""
+
+    def __init__(self, backbone: str, n_points: int, weights: str | None = None) -> None:
+        super().__init__()
+        self.encoder = create_backbone(backbone, weights, features_only=True, out_indices=(1, 2))
+        c4, c8 = self.encoder.feature_info.channels()
+        self.lateral = nn.Conv2d(c8, c4, 1)
+        self.head = nn.Sequential(nn.Conv2d(c4, 64, 3, padding=1), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True), nn.Conv2d(64, n_points, 1))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        f4, f8 = self.encoder(images)
+        fused = f4 + F.interpolate(self.lateral(f8), size=f4.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        # heatmaps at stride 2: finer cells for the soft-argmax than the stride-4 features
+        logits = F.interpolate(self.head(fused), scale_factor=2, mode="bilinear", align_corners=False)
+        xy, peak = soft_argmax(logits)
+        return {"logits": logits, "xy": xy, "peak": peak}
+
+
+class SliceModel(nn.Module):
+    """Each slice encoded by the backbone, a bi-GRU over the stack, one score per slice and
+    target (level, or level and side): a softmax over slices picks each target's slice."""
+
+    def __init__(self, backbone: str, n_targets: int, hidden: int = 64,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.encoder = create_backbone(backbone, weights, num_classes=0)
+        self.rnn = nn.GRU(self.encoder.num_features, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, n_targets)
+
+    def forward(self, stack: torch.Tensor) -> torch.Tensor:
+        """stack (B, S, H, W) -> logits (B, S, n_targets)."""
+        b, s, h, w = stack.shape
+        features = self.encoder(stack.reshape(b * s, 1, h, w)).view(b, s, -1)
+        return self.head(self.rnn(features)[0])

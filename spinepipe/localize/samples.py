@@ -1,0 +1,148 @@
+"""Training samples for the localization models, from annotations and cached stacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import polars as pl
+
+from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from spinepipe.localize.stacks import StackCache
+
+LEVEL_INDEX = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
+TASK_SERIES = {"sagittal_t2": SAGITTAL_T2, "sagittal_t1": SAGITTAL_T1, "axial_t2": AXIAL_T2}
+TASK_CONDITIONS = {
+    "sagittal_t2": {CONDITION_NAMES["spinal_canal_stenosis"]: None},
+    "sagittal_t1": {CONDITION_NAMES["left_neural_foraminal_narrowing"]: "left",
+                    CONDITION_NAMES["right_neural_foraminal_narrowing"]: "right"},
+    "axial_t2": {CONDITION_NAMES["left_subarticular_stenosis"]: "left",
+                 CONDITION_NAMES["right_subarticular_stenosis"]: "right"},
+}
+POINTS_PER_TASK = {"sagittal_t2": 5, "sagittal_t1": 5, "axial_t2": 2}
+SLICE_TARGETS = {"sagittal_t2": 5, "sagittal_t1": 10, "axial_t2": 5}
+SIDES = ("left", "right")
+
+
+@dataclass
+class PointSample:
+    study_id: int
+    image: np.ndarray                 # (H, W) float32 in [0, 1]
+    points: np.ndarray                # (K, 2) x, y in image pixels
+    mask: np.ndarray                  # (K,) bool
+    mm_per_px: float
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SliceSample:
+    study_id: int
+    stack: np.ndarray                 # (S, h, w) float32
+    targets: np.ndarray               # (T,) slice index, -1 where unknown
+
+
+def crop(image: np.ndarray, center_xy: tuple[float, float], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop centred on ``center_xy`` (zero padded); returns it and its top-left corner."""
+    h, w = image.shape
+    x0 = int(round(center_xy[0])) - size // 2
+    y0 = int(round(center_xy[1])) - size // 2
+    out = np.zeros((size, size), dtype=np.float32)
+    xs, ys = max(x0, 0), max(y0, 0)
+    xe, ye = min(x0 + size, w), min(y0 + size, h)
+    if xe > xs and ye > ys:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+    return out, np.array([x0, y0], dtype=np.float64)
+
+
+def _slice_index(stack: dict, instance_number: int) -> int | None:
+    matches = np.flatnonzero(stack["instance_numbers"] == instance_number)
+    return int(matches[0]) if matches.size else None
+
+
+def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, series: pl.DataFrame,
+                  xref: pl.DataFrame | None, axial_crop: int,
+                  neighbours: int = 0) -> list[PointSample]:
+    """One sample per annotated slice (sagittal) or per annotated level crop (axial).
+
+    ``neighbours`` adds the slices next to an annotated sagittal slice with the same points:
+    the canal and the foramina are tubes crossing several slices, and it teaches the model
+    to tolerate a slice choice one off (slice jitter).
+    """
+    conditions = TASK_CONDITIONS[task]
+    wanted = coordinates.filter(pl.col("condition").is_in(list(conditions)))
+    spacing = dict(series.select("series_id", "pixel_spacing_mm").iter_rows())
+    samples: list[PointSample] = []
+    if task.startswith("sagittal"):
+        for (series_id, instance), group in wanted.group_by("series_id", "instance_number"):
+            if series_id not in cache:
+                continue
+            stack = cache.get(series_id)
+            index = _slice_index(stack, instance)
+            if index is None:
+                continue
+            points = np.zeros((5, 2))
+            mask = np.zeros(5, dtype=bool)
+            for r in group.iter_rows(named=True):
+                k = LEVEL_INDEX[r["level"]]
+                points[k] = (r["x"] / stack["scale"][0], r["y"] / stack["scale"][1])
+                mask[k] = True
+            for offset in range(-neighbours, neighbours + 1):
+                if 0 <= index + offset < len(stack["images"]):
+                    samples.append(PointSample(
+                        int(group["study_id"][0]), stack["images"][index + offset].astype(np.float32),
+                        points, mask, spacing[series_id] * float(stack["scale"][0]),
+                        meta={"offset": offset}))
+        return samples
+    # axial: a crop around the level's cross-referenced point, left and right recess points
+    centres = {(r["study_id"], r["level"], r["series_id"]): (r["x"], r["y"], r["instance_number"])
+               for r in (xref.iter_rows(named=True) if xref is not None else [])}
+    for (study_id, level, series_id), group in wanted.group_by("study_id", "level", "series_id"):
+        key = (study_id, level, series_id)
+        if series_id not in cache or key not in centres:
+            continue
+        stack = cache.get(series_id)
+        cx, cy, instance = centres[key]
+        index = _slice_index(stack, instance)
+        if index is None:
+            continue
+        scale = stack["scale"]
+        image, corner = crop(stack["images"][index].astype(np.float32),
+                             (cx / scale[0], cy / scale[1]), axial_crop)
+        points = np.zeros((2, 2))
+        mask = np.zeros(2, dtype=bool)
+        for r in group.iter_rows(named=True):
+            side = SIDES.index(conditions[r["condition"]])
+            points[side] = (r["x"] / scale[0] - corner[0], r["y"] / scale[1] - corner[1])
+            mask[side] = True
+        samples.append(PointSample(int(study_id), image, points, mask,
+                                   spacing[series_id] * float(scale[0])))
+    return samples
+
+
+def downsample_stack(images: np.ndarray, size: int) -> np.ndarray:
+    return np.stack([cv2.resize(im.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+                     for im in images])
+
+
+def slice_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, size: int) -> list[SliceSample]:
+    """One sample per annotated series: the annotated slice of each level (and side)."""
+    conditions = TASK_CONDITIONS[task]
+    wanted = coordinates.filter(pl.col("condition").is_in(list(conditions)))
+    samples = []
+    for (study_id, series_id), group in wanted.group_by("study_id", "series_id"):
+        if series_id not in cache:
+            continue
+        stack = cache.get(series_id)
+        targets = np.full(SLICE_TARGETS[task], -1, dtype=np.int64)
+        for r in group.iter_rows(named=True):
+            index = _slice_index(stack, r["instance_number"])
+            if index is None:
+                continue
+            k = LEVEL_INDEX[r["level"]]
+            side = conditions[r["condition"]]
+            if task == "sagittal_t1":
+                k = k * 2 + SIDES.index(side)
+            targets[k] = index
+        samples.append(SliceSample(int(study_id), downsample_stack(stack["images"], size), targets))
+    return samples

@@ -1,0 +1,185 @@
+"""Training loops of the localization models (CPU or GPU), logged to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.samples import PointSample, SliceSample
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _augmenter(cfg: dict[str, Any]) -> A.Compose:
+    return A.Compose(
+        [A.Affine(translate_percent=(-cfg["shift"], cfg["shift"]), scale=(1 - cfg["scale"], 1 + cfg["scale"]),
+                  rotate=(-cfg["rotate"], cfg["rotate"]), p=0.9),
+         A.RandomBrightnessContrast(0.15, 0.15, p=0.7),
+         A.RandomGamma((80, 120), p=0.5)],
+        keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+        seed=cfg.get("seed", 0),
+    )
+
+
+def _batch(samples: list[PointSample], augment: A.Compose | None) -> tuple[torch.Tensor, ...]:
+    images, points, masks = [], [], []
+    for s in samples:
+        image, pts = s.image, s.points
+        if augment is not None:
+            out = augment(image=image, keypoints=pts)
+            image, pts = out["image"], np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
+        h, w = image.shape
+        inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+        images.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None])
+        points.append(torch.from_numpy(pts / np.array([w, h])).float())
+        masks.append(torch.from_numpy(s.mask & inside))
+    return torch.stack(images), torch.stack(points), torch.stack(masks)
+
+
+def point_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
+               sigma_cells: float = 1.5) -> torch.Tensor:
+    """L1 on the soft-argmax position plus cross-entropy against a Gaussian target heatmap."""
+    if not mask.any():
+        return out["xy"].sum() * 0.0
+    logits = out["logits"]
+    b, k, h, w = logits.shape
+    gx = (torch.arange(w, dtype=logits.dtype) + 0.5) / w
+    gy = (torch.arange(h, dtype=logits.dtype) + 0.5) / h
+    dx = (gx[None, None, None, :] - target[..., 0, None, None]) * w
+    dy = (gy[None, None, :, None] - target[..., 1, None, None]) * h
+    heat = torch.exp(-(dx**2 + dy**2) / (2 * sigma_cells**2))
+    heat = heat / heat.flatten(2).sum(-1).clamp_min(1e-8)[..., None, None]
+    ce = -(heat * logits.flatten(2).log_softmax(-1).view_as(logits)).flatten(2).sum(-1)
+    l1 = (out["xy"] - target).abs().sum(-1) * max(h, w)
+    return (ce[mask].mean() + l1[mask].mean())
+
+
+def _schedule(optimizer, epochs: int, steps_per_epoch: int, warmup: int = 1):
+    total = max(epochs * steps_per_epoch, 1)
+    warm = max(warmup * steps_per_epoch, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
+
+
+def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int) -> dict[str, float]:
+    model.eval()
+    errors, losses = [], []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            images, target, mask = _batch(chunk, None)
+            out = model(images)
+            losses.append(float(point_loss(out, target, mask)))
+            size = np.array(images.shape[-1:-3:-1])
+            err_px = ((out["xy"] - target).numpy() * size)
+            for s, e, m in zip(chunk, err_px, mask.numpy()):
+                errors += list(np.hypot(e[m, 0], e[m, 1]) * s.mm_per_px)
+    return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_point_error_mm_median": float(np.median(errors)) if errors else float("nan")}
+
+
+def train_point_model(train: list[PointSample], val: list[PointSample], n_points: int,
+                      cfg: dict[str, Any], logger=None) -> tuple[PointModel, dict[str, float]]:
+    seed_everything(cfg["seed"])
+    model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    batch_size = cfg["batch_size"]
+    steps = math.ceil(len(train) / batch_size)
+    scheduler = _schedule(optimizer, cfg["epochs"], steps)
+    augment = _augmenter(cfg["augment"] | {"seed": cfg["seed"]})
+    metrics: dict[str, float] = {}
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        order = np.random.permutation(len(train))
+        start, total = time.perf_counter(), 0.0
+        for i in range(0, len(order), batch_size):
+            images, target, mask = _batch([train[j] for j in order[i:i + batch_size]], augment)
+            loss = point_loss(model(images), target, mask)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(images)
+        metrics = {"train_loss": total / max(len(train), 1), "epoch_seconds": time.perf_counter() - start,
+                   "lr": scheduler.get_last_lr()[0], **evaluate_points(model, val, batch_size)}
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+        if logger is not None:
+            logger(metrics, epoch)
+    return model, metrics
+
+
+def _slice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over slices for each target with a known slice."""
+    known = targets >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    per_target = logits.permute(0, 2, 1)[known]  # (n_known, S)
+    return F.cross_entropy(per_target, targets[known])
+
+
+def evaluate_slices(model: SliceModel, samples: list[SliceSample]) -> dict[str, float]:
+    model.eval()
+    hits, near, losses = [], [], []
+    with torch.no_grad():
+        for s in samples:
+            logits = model(torch.from_numpy(s.stack)[None])
+            targets = torch.from_numpy(s.targets)[None]
+            losses.append(float(_slice_loss(logits, targets)))
+            pred = logits[0].argmax(0).numpy()
+            known = s.targets >= 0
+            hits += list(pred[known] == s.targets[known])
+            near += list(np.abs(pred[known] - s.targets[known]) <= 1)
+    return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_slice_accuracy": float(np.mean(hits)) if hits else float("nan"),
+            "val_slice_within_one": float(np.mean(near)) if near else float("nan")}
+
+
+def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_targets: int,
+                      cfg: dict[str, Any], logger=None) -> tuple[SliceModel, dict[str, float]]:
+    seed_everything(cfg["seed"])
+    model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    scheduler = _schedule(optimizer, cfg["epochs"], len(train))
+    metrics: dict[str, float] = {}
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        start, total = time.perf_counter(), 0.0
+        for j in np.random.permutation(len(train)):
+            s = train[j]
+            stack = s.stack * np.random.uniform(0.85, 1.15)  # intensity jitter
+            loss = _slice_loss(model(torch.from_numpy(stack.astype(np.float32))[None]),
+                               torch.from_numpy(s.targets)[None])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+        metrics = {"train_loss": total / max(len(train), 1), "epoch_seconds": time.perf_counter() - start,
+                   "lr": scheduler.get_last_lr()[0], **evaluate_slices(model, val)}
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+        if logger is not None:
+            logger(metrics, epoch)
+    return model, metrics
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)

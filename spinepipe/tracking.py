@@ -1,0 +1,59 @@
+"""MLflow tracking: runs, flattened config params, per-epoch metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _uri(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return tracking_uri
+
+
+def init_tracking(tracking: Mapping[str, Any]) -> str:
+    """Create the tracking store and experiment once, before parallel jobs use them
+    (concurrent first use of a new SQLite store races on its schema migration)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
+    experiment = mlflow.set_experiment(tracking["experiment"])
+    return experiment.experiment_id
+
+
+@contextlib.contextmanager
+def mlflow_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
+               tags: Mapping[str, str] | None = None) -> Iterator[Callable[[dict, int | None], None]]:
+    """Start a run, log params; yields ``log_metrics(metrics, step)``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
+    mlflow.set_experiment(tracking["experiment"])
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        for start in range(0, len(flat), 90):  # mlflow caps params per call
+            mlflow.log_params(dict(list(flat.items())[start:start + 90]))
+
+        def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+            finite = {k: float(v) for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and v == v}
+            mlflow.log_metrics(finite, step=step)
+
+        yield log_metrics

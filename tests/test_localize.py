@@ -1,0 +1,147 @@
+"""Level localization: the point model learns, inference survives missing and broken
+series, label-noise handling, evaluation against ground truth."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from spinepipe.dataset import read_coordinates, read_series_descriptions
+from spinepipe.localize.evaluate import evaluate_localization
+from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
+from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.pipeline import merge_coordinates
+from spinepipe.localize.samples import point_samples, slice_samples
+from spinepipe.localize.stacks import StackCache, build_stacks
+from spinepipe.localize.training import evaluate_points, train_point_model
+from spinepipe.metadata import parse_instances, summarize_series
+from spinepipe.xref import slice_reader, stack_geometries
+
+CFG = {"slice_method": "geometric", "slice_image_size": 32, "axial_crop": 32,
+       "foramen_offset_mm": 21.0}
+
+
+def _prepare(dataset: Path, split: str, tmp: Path):
+    table = read_series_descriptions(dataset / f"{split}_series_descriptions.csv")
+    instances = parse_instances(dataset / f"{split}_images", table)
+    series = summarize_series(instances, table)
+    index = build_stacks(instances, series, {d: 64 for d in series["series_description"].unique()},
+                         tmp / f"stacks_{split}")
+    return instances, series, index
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tiny_dataset, tmp_path_factory):
+    dataset, _ = tiny_dataset
+    instances, series, index = _prepare(dataset, "train", tmp_path_factory.mktemp("loc"))
+    return dataset, instances, series, index
+
+
+def test_point_model_learns_the_canal(tiny_train):
+    dataset, _, series, index = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    samples = point_samples("sagittal_t2", coords, StackCache(index), series, None, 32, neighbours=1)
+    assert len(samples) >= 15
+    cfg = {"seed": 0, "backbone": "resnet10t", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 8,
+           "epochs": 12, "augment": {"shift": 0.03, "scale": 0.05, "rotate": 3}}
+    history = []
+    model, metrics = train_point_model(samples, samples, 5, cfg, lambda m, step: history.append(m))
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    # beats always answering the mean training position of each level
+    mean_points = np.array([np.mean([s.points[k] for s in samples if s.mask[k]], axis=0)
+                            for k in range(5)])
+    baseline = np.median([np.hypot(*(s.points[k] - mean_points[k])) * s.mm_per_px
+                          for s in samples for k in range(5) if s.mask[k]])
+    learned = evaluate_points(model, samples, 8)["val_point_error_mm_median"]
+    print(f"\ncanal point error: model {learned:.1f} mm vs mean-position baseline {baseline:.1f} mm")
+    assert learned < 0.8 * baseline
+
+
+def test_slice_samples_target_the_annotated_slice(tiny_train):
+    dataset, _, _, index = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    cache = StackCache(index)
+    samples = slice_samples("sagittal_t1", coords, cache, 32)
+    assert samples and all(s.targets.shape == (10,) for s in samples)
+    for s in samples:
+        known = s.targets[s.targets >= 0]
+        assert known.max() < s.stack.shape[0]
+
+
+def _random_models() -> dict[str, FoldModels]:
+    return {"sagittal_t2": FoldModels([PointModel("resnet10t", 5).eval()], [SliceModel("resnet10t", 5).eval()]),
+            "sagittal_t1": FoldModels([PointModel("resnet10t", 5).eval()], []),
+            "axial_t2": FoldModels([PointModel("resnet10t", 2).eval()], [])}
+
+
+def test_missing_and_unreadable_series_are_reported_not_fatal(tiny_dataset, tmp_path):
+    dataset, _ = tiny_dataset
+    copy = tmp_path / "data"
+    shutil.copytree(dataset / "test_images", copy / "test_images")
+    shutil.copy(dataset / "test_series_descriptions.csv", copy)
+    table = read_series_descriptions(copy / "test_series_descriptions.csv")
+    studies = sorted(table["study_id"].unique().to_list())
+    # study 0 loses its Sagittal T2 folder; study 1's axial files are all corrupt
+    t2 = table.filter((pl.col("study_id") == studies[0]) & (pl.col("series_description") == "Sagittal T2/STIR"))
+    shutil.rmtree(copy / "test_images" / str(studies[0]) / str(t2["series_id"][0]))
+    for axial_id in table.filter((pl.col("study_id") == studies[1]) &
+                                 (pl.col("series_description") == "Axial T2"))["series_id"]:
+        for f in (copy / "test_images" / str(studies[1]) / str(axial_id)).glob("*.dcm"):
+            f.write_bytes(b"garbage")
+    instances, series, index = _prepare(copy, "test", tmp_path)
+    localizer = StudyLocalizer(_random_models(), StackCache(index), stack_geometries(instances, series),
+                               slice_reader(instances), CFG)
+    predictions, reasons = localize_split(studies, series, lambda sid: localizer)
+    by_study = {sid: set(predictions.filter(pl.col("study_id") == sid)["series_description"])
+                for sid in studies}
+    assert by_study[studies[0]] == {"Sagittal T1", "Axial T2"}  # axial still found via the foramina
+    assert "Axial T2" not in by_study[studies[1]] and "Sagittal T2/STIR" in by_study[studies[1]]
+    assert by_study[studies[2]] == {"Sagittal T1", "Sagittal T2/STIR", "Axial T2"}
+    why = {(r["study_id"], r["series_description"]): r["reason"] for r in reasons.iter_rows(named=True)}
+    assert "Sagittal T2" in why[(studies[0], "Sagittal T2/STIR")]
+    assert "Axial T2" in why[(studies[1], "Axial T2")]
+    assert predictions.filter(pl.col("series_description") == "Sagittal T1").height == 3 * 10
+    assert predictions["x"].is_finite().all() and predictions["y"].is_finite().all()
+
+
+def test_perfect_predictions_evaluate_to_zero_error(tiny_train):
+    dataset, instances, series, _ = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    quirks = pl.read_csv(dataset / "quirks.csv")
+    geometries = stack_geometries(instances, series)
+    centers = pl.read_csv(dataset / "level_centers.csv").filter(pl.col("split") == "train")
+    rows = []
+    for r in coords.join(series.select("series_id", "series_description"), on="series_id").iter_rows(named=True):
+        g = geometries[r["series_id"]]
+        index = g.index_of(r["instance_number"])
+        rows.append(r | {"slice_index": index, "geometric_slice": index, "learned_slice": None})
+    result = evaluate_localization(pl.DataFrame(rows), geometries, centers)
+    off = quirks.filter(pl.col("quirk").str.starts_with("coordinate_off")).height
+    for task in ("sagittal_t2", "sagittal_t1", "axial_t2"):
+        assert result[task]["slice_geometric_exact"] >= 0.95
+        assert result[task]["slice_learned_exact"] is None
+        if off == 0:
+            assert result[task]["point_error_mm_p95"] < 0.05
+
+
+def test_label_noise_is_reported_and_handled(tiny_train):
+    dataset, instances, series, _ = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    # predictions equal to the annotations, except one moved by 20 pixels
+    predicted = coords.join(series.select("series_id", "series_description"), on="series_id").with_columns(
+        side=pl.lit("center"), slice_index=pl.lit(0), confidence=pl.lit(0.5), spread_px=pl.lit(0.0),
+        geometric_slice=pl.lit(0), learned_slice=pl.lit(None, pl.Int64), slice_method=pl.lit("geometric"))
+    predicted = predicted.with_columns(
+        x=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("x") + 20).otherwise(pl.col("x")))
+    empty_test = predicted.head(0)
+    for action, expected_annotated in (("keep", coords.height), ("replace", coords.height - 1),
+                                       ("drop", coords.height - 1)):
+        merged, noise = merge_coordinates(coords, predicted, empty_test, instances, series, 6.0, action)
+        assert noise.filter(pl.col("noisy")).height == 1
+        assert merged.filter(pl.col("source") == "annotated").height == expected_annotated
+        predicted_rows = merged.filter(pl.col("source") == "predicted").height
+        assert predicted_rows == (1 if action == "replace" else 0)
