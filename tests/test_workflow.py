@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -50,6 +51,15 @@ def test_pipeline_writes_dataset_and_reports(workflow_run):
     assert summary["train_series_folders_missing"] == 0
     learn = json.loads((results / "synthetic" / "learnability.json").read_text())
     assert {"model_score", "prior_score"} <= learn.keys()
+    coordinates = pl.read_parquet(results / "localize" / "coordinates.parquet")
+    test_ids = pl.read_csv(results / "synthetic" / "test_labels.csv")["study_id"].to_list()
+    predicted = coordinates.filter(pl.col("study_id").is_in(test_ids))
+    assert (predicted["source"] == "predicted").all() and predicted.height > 0
+    assert set(coordinates["source"]) == {"annotated", "predicted"}
+    localization = json.loads((results / "eval" / "localization.json").read_text())
+    assert {"sagittal_t2", "sagittal_t1", "axial_t2"} <= localization["test"].keys()
+    assert (results / "localize" / "label_noise.png").stat().st_size > 0
+    assert (results / "mlflow.db").is_file()
     assert (workflow_run / "logs" / "synthesize" / "train_0000.log").is_file()
     assert (results / "benchmarks" / "synthesize" / "train_0000.tsv").is_file()
 
