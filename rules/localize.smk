@@ -147,7 +147,7 @@ rule coordinates:
         test="results/localize/predictions_test.parquet",
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("localize/pipeline"),
+        code=code("localize/coordinates", "xref"),
     output:
         coordinates="results/localize/coordinates.parquet",
         noise=report("results/localize/label_noise.csv", caption="../report/label_noise.rst",

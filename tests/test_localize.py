@@ -14,7 +14,7 @@ from spinepipe.dataset import read_coordinates, read_series_descriptions
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
 from spinepipe.localize.models import PointModel, SliceModel
-from spinepipe.localize.pipeline import merge_coordinates
+from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.samples import point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache, build_stacks
 from spinepipe.localize.training import evaluate_points, train_point_model

@@ -6,9 +6,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from spinepipe.constants import CONDITION_FAMILY, CONDITIONS, LEVELS
+from spinepipe.constants import CONDITION_FAMILY, LEVELS
 from spinepipe.synth.generate import generate_dataset, study_ids
 from spinepipe.synth.labels import sample_labels
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 
 from spinepipe.dataset import read_coordinates
-from spinepipe.localize.pipeline import merge_coordinates, plot_label_noise
+from spinepipe.localize.coordinates import merge_coordinates, plot_label_noise
 from spinepipe.logs import setup_logging
 
 setup_logging(snakemake.log[0])

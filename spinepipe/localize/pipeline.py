@@ -1,24 +1,20 @@
-"""Stage functions of the localization rules: train one fold model, localize a split,
-merge annotated and predicted coordinates, report label noise, evaluate against truth."""
+"""Stage functions of the localization rules: train one fold model, localize a split."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 
-from spinepipe.geometry import StackGeometry
 from spinepipe.localize.inference import StudyLocalizer, load_models, localize_split
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache
 from spinepipe.localize.training import save_checkpoint, train_point_model, train_slice_model
 from spinepipe.tracking import mlflow_run
-from spinepipe.xref import annotation_points, slice_reader, stack_geometries
+from spinepipe.xref import slice_reader, stack_geometries
 
 log = logging.getLogger(__name__)
 
@@ -82,64 +78,3 @@ def localize(split: str, *, checkpoints: list[Path], stack_index: pl.DataFrame,
                           lambda sid: localizers[fold_of[sid]] if sid in fold_of else localizers["all"])
 
 
-COORDINATE_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "series_description": pl.String,
-                     "condition": pl.String, "level": pl.String, "side": pl.String,
-                     "instance_number": pl.Int64, "x": pl.Float64, "y": pl.Float64,
-                     "source": pl.String, "confidence": pl.Float64, "spread_px": pl.Float64}
-
-
-def merge_coordinates(annotated: pl.DataFrame, predicted_train: pl.DataFrame,
-                      predicted_test: pl.DataFrame, instances: pl.DataFrame, series: pl.DataFrame,
-                      threshold_mm: float, action: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """coordinates.parquet and the label-noise table.
-
-    An annotation farther than ``threshold_mm`` (3D) from its out-of-fold prediction is
-    reported; ``action`` keeps it, replaces it by the prediction, or drops it.
-    """
-    geometries = stack_geometries(instances, series)
-    ann_points = annotation_points(annotated, geometries)
-    pred = predicted_train
-    pred_points = annotation_points(pred.select("study_id", "series_id", "instance_number",
-                                                "condition", "level", "x", "y"), geometries)
-    joined = ann_points.join(pred_points, on=["study_id", "condition", "level"], suffix="_pred")
-    distance = np.sqrt((joined["px"] - joined["px_pred"]) ** 2 + (joined["py"] - joined["py_pred"]) ** 2
-                       + (joined["pz"] - joined["pz_pred"]) ** 2)
-    noise = joined.select("study_id", "condition", "level", "series_id").with_columns(
-        distance_mm=distance).with_columns(noisy=pl.col("distance_mm") > threshold_mm)
-    noisy_keys = noise.filter(pl.col("noisy")).select("study_id", "condition", "level")
-
-    side = pl.when(pl.col("condition").str.starts_with("Left")).then(pl.lit("left")).when(
-        pl.col("condition").str.starts_with("Right")).then(pl.lit("right")).otherwise(pl.lit("center"))
-    descriptions = series.select("series_id", "series_description")
-    ann = annotated.join(descriptions, on="series_id", how="left").with_columns(
-        side=side, source=pl.lit("annotated"), confidence=pl.lit(1.0), spread_px=pl.lit(0.0))
-    if action in ("replace", "drop"):
-        ann = ann.join(noisy_keys, on=["study_id", "condition", "level"], how="anti")
-    pred_cols = pred.with_columns(source=pl.lit("predicted"))
-    # predictions fill every (study, condition, level) the annotations do not cover
-    fill = pred_cols.join(ann.select("study_id", "condition", "level"),
-                          on=["study_id", "condition", "level"], how="anti")
-    if action == "drop":
-        fill = fill.join(noisy_keys, on=["study_id", "condition", "level"], how="anti")
-    test = predicted_test.with_columns(source=pl.lit("predicted"))
-    columns = list(COORDINATE_SCHEMA)
-    merged = pl.concat([ann.select(columns), fill.select(columns), test.select(columns)])
-    return merged.sort("study_id", "condition", "level"), noise
-
-
-def plot_label_noise(noise: pl.DataFrame, threshold_mm: float, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    values = noise["distance_mm"].to_numpy()
-    ax.hist(values, bins=np.linspace(0, max(20.0, float(values.max()) if values.size else 20.0), 41))
-    ax.axvline(threshold_mm, color="red", linestyle="--", label=f"threshold {threshold_mm} mm")
-    ax.set_xlabel("annotation to out-of-fold prediction (mm)")
-    ax.set_ylabel("annotations")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
