@@ -9,21 +9,19 @@ within half a slice spacing, and the foramina sit symmetrically about the mid-li
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES
+from spinepipe.constants import AXIAL_T2, CONDITION_NAMES
 from spinepipe.geometry import LEFT, StackGeometry
 
 log = logging.getLogger(__name__)
 
-LEVEL_KEYS = {name: key for key, name in LEVEL_NAMES.items()}
 SPINAL = CONDITION_NAMES["spinal_canal_stenosis"]
 LEFT_FORAMEN = CONDITION_NAMES["left_neural_foraminal_narrowing"]
 RIGHT_FORAMEN = CONDITION_NAMES["right_neural_foraminal_narrowing"]

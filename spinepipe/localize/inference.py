@@ -19,7 +19,7 @@ import torch
 from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.models import PointModel, SliceModel
-from spinepipe.localize.samples import POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
+from spinepipe.localize.samples import LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
 
@@ -205,7 +205,7 @@ class StudyLocalizer:
             learned = predict_slices(self.models["axial_t2"].slice, stack["images"],
                                      self.cfg["slice_image_size"])
             for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
-                k = LEVELS.index(next(lv for lv in LEVELS if LEVEL_NAMES[lv] == r["level"]))
+                k = LEVEL_INDEX[r["level"]]
                 learned_k = None if learned is None else int(learned[k])
                 index = self._choose(r["slice_index"], learned_k)
                 scale = stack["scale"]
