@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from spinepipe.dataset import read_coordinates, read_series_descriptions
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
-from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax, soft_argmax
 from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.samples import point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache, build_stacks
@@ -145,3 +146,31 @@ def test_label_noise_is_reported_and_handled(tiny_train):
         assert merged.filter(pl.col("source") == "annotated").height == expected_annotated
         predicted_rows = merged.filter(pl.col("source") == "predicted").height
         assert predicted_rows == (1 if action == "replace" else 0)
+
+
+def test_local_decoding_is_not_pulled_between_two_discs():
+    """Two modes (a disc and its similar-looking neighbour): the global expectation lands
+    between them, the peak-local decode on the stronger one, to sub-cell precision, and the
+    search window keeps a far, stronger mode from capturing the point."""
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def blob(x, y, weight):
+        return weight * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0)
+
+    heat = blob(20.3, 30.6, 1.0) + blob(20.0, 44.0, 0.6)
+    prob = torch.from_numpy(heat / heat.sum())[None, None]
+    global_xy = soft_argmax(torch.log(prob))[0][0, 0].numpy() * w
+    local_xy = local_soft_argmax(prob, radius=3, search=None)[0, 0].numpy() * w
+    assert abs(global_xy[1] - 35.6) < 1.0  # pulled about 5 px towards the other disc
+    assert np.allclose(local_xy, [20.8, 31.1], atol=0.15)  # pixel centres are at +0.5
+    # a stronger mode far from the global mean is ignored when the search window is narrow
+    far = heat.copy()
+    far[4, 58] = 2.0  # a sharp, stronger, far peak with little mass
+    prob = torch.from_numpy(far / far.sum())[None, None]
+    unguarded = local_soft_argmax(prob, radius=3, search=None)[0, 0].numpy() * w
+    assert np.hypot(unguarded[0] - 58.5, unguarded[1] - 4.5) < 1.0
+    centre = soft_argmax(torch.log(prob))[0][0, 0].numpy() * w
+    near = local_soft_argmax(prob, radius=3, search=0.2)[0, 0].numpy() * w
+    assert np.hypot(*(near - centre)) < 0.2 * w
+    assert np.allclose(near, [20.8, 31.1], atol=0.3)

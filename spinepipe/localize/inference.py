@@ -18,7 +18,7 @@ import torch
 
 from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
-from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
@@ -66,15 +66,20 @@ def load_models(paths: dict[str, list[Path]]) -> dict[str, FoldModels]:
 
 
 @torch.no_grad()
-def predict_points(models: list[PointModel], images: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Mean (N, K, 2) position in image pixels over fold models, peak prob and fold spread."""
+def predict_points(models: list[PointModel], images: np.ndarray,
+                   decode: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
+    """(N, K, 2) position in image pixels decoded from the fold-averaged heatmap around its
+    peak, the peak probability, and the spread of the single models' positions."""
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    outs = [m(tensor) for m in models]
+    logits = [m(tensor)["logits"] for m in models]
+    probs = [lg.flatten(2).softmax(-1).view_as(lg) for lg in logits]
     size = np.array([images.shape[2], images.shape[1]])
-    xy = np.stack([o["xy"].numpy() * size for o in outs])  # (F, N, K, 2)
-    peak = np.mean([o["peak"].numpy() for o in outs], axis=0)
-    spread = np.linalg.norm(xy.std(axis=0), axis=-1) if len(models) > 1 else np.zeros(peak.shape)
-    return xy.mean(axis=0), peak, spread
+    mean_prob = torch.stack(probs).mean(0)
+    xy = local_soft_argmax(mean_prob, **decode).numpy() * size
+    peak = mean_prob.flatten(2).max(-1).values.numpy()
+    singles = np.stack([local_soft_argmax(p, **decode).numpy() * size for p in probs])  # (F, N, K, 2)
+    spread = np.linalg.norm(singles.std(axis=0), axis=-1) if len(models) > 1 else np.zeros(peak.shape)
+    return xy, peak, spread
 
 
 @torch.no_grad()
@@ -136,7 +141,8 @@ class StudyLocalizer:
             chosen = [self._choose(middle, None if learned is None else learned[k]) for k in range(5)]
             unique = sorted(set(chosen))
             xy, peak, spread = predict_points(self.models["sagittal_t2"].point,
-                                              stack["images"][unique].astype(np.float32))
+                                              stack["images"][unique].astype(np.float32),
+                                              self.cfg["decode"])
             for k, level in enumerate(LEVELS):
                 u = unique.index(chosen[k])
                 rows.append(self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[u, k],
@@ -168,7 +174,8 @@ class StudyLocalizer:
                     learned_k = None if learned is None else int(learned[k * 2 + s])
                     index = self._choose(geometric, learned_k)
                     xy, peak, spread = predict_points(self.models["sagittal_t1"].point,
-                                                      stack["images"][[index]].astype(np.float32))
+                                                      stack["images"][[index]].astype(np.float32),
+                                                      self.cfg["decode"])
                     rows.append(self._row(study_id, t1, FORAMEN[side], level, side, index,
                                           *xy[0, k], stack["scale"], peak[0, k], spread[0, k],
                                           geometric, learned_k))
@@ -211,7 +218,8 @@ class StudyLocalizer:
                 scale = stack["scale"]
                 image, corner = crop(stack["images"][index].astype(np.float32),
                                      (r["x"] / scale[0], r["y"] / scale[1]), size)
-                xy, peak, spread = predict_points(self.models["axial_t2"].point, image[None])
+                xy, peak, spread = predict_points(self.models["axial_t2"].point, image[None],
+                                                  self.cfg["decode"])
                 for s, side in enumerate(SIDES):
                     x, y = xy[0, s] + corner
                     rows.append(self._row(study_id, srow, RECESS[side], LEVELS[k], side, index, x, y,

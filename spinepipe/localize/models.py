@@ -30,13 +30,50 @@ def create_backbone(name: str, weights: str | None = None, **kwargs) -> nn.Modul
 
 def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected (x, y) in [0, 1] of each heatmap (B, K, H, W), and the peak probability."""
-    b, k, h, w = logits.shape
-    prob = logits.flatten(2).softmax(-1).view(b, k, h, w)
-    xs = (torch.arange(w, device=logits.device, dtype=prob.dtype) + 0.5) / w
-    ys = (torch.arange(h, device=logits.device, dtype=prob.dtype) + 0.5) / h
+    prob = logits.flatten(2).softmax(-1).view_as(logits)
+    return _expectation(prob)
+
+
+def _expectation(prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, k, h, w = prob.shape
+    xs = (torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5) / h
     x = (prob.sum(2) * xs).sum(-1)
     y = (prob.sum(3) * ys).sum(-1)
     return torch.stack([x, y], dim=-1), prob.flatten(2).max(-1).values
+
+
+def local_soft_argmax(prob: torch.Tensor, radius: int = 3, search: float | None = 0.1) -> torch.Tensor:
+    """(x, y) in [0, 1] of each probability map (B, K, H, W): the expectation within a
+    (2 radius + 1)-cell window around its peak.
+
+    A global expectation averages the modes of neighbouring, similar-looking discs and pulls
+    middle levels towards each other; the local one keeps sub-cell precision. The peak is
+    searched only within ``search`` (a fraction of the map size) of the global expectation, so
+    a stronger mode on another disc cannot capture the point.
+    """
+    b, k, h, w = prob.shape
+    flat = prob.flatten(2)
+    masked = flat
+    if search is not None:
+        centre, _ = _expectation(prob)
+        gx = (torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5) / w
+        gy = (torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5) / h
+        d2 = ((gx[None, None, None, :] - centre[..., 0, None, None]) ** 2
+              + (gy[None, None, :, None] - centre[..., 1, None, None]) ** 2)
+        masked = torch.where(d2.flatten(2) <= search**2, flat, torch.zeros_like(flat))
+    peak = masked.argmax(-1)
+    py, px = peak // w, peak % w
+    offsets = torch.arange(-radius, radius + 1, device=prob.device)
+    ys = (py[..., None] + offsets).clamp(0, h - 1)  # (B, K, R)
+    xs = (px[..., None] + offsets).clamp(0, w - 1)
+    index = (ys[..., :, None] * w + xs[..., None, :]).flatten(2)  # (B, K, R*R)
+    weights = flat.gather(-1, index)
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    n = len(offsets)
+    cx = (xs[..., None, :].expand(-1, -1, n, -1).flatten(2).to(prob.dtype) + 0.5) / w
+    cy = (ys[..., :, None].expand(-1, -1, -1, n).flatten(2).to(prob.dtype) + 0.5) / h
+    return torch.stack([(weights * cx).sum(-1), (weights * cy).sum(-1)], dim=-1)
 
 
 class PointModel(nn.Module):

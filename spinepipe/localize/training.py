@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spinepipe.localize.models import PointModel, SliceModel
+from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import PointSample, SliceSample
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: i
             out = model(images)
             losses.append(float(point_loss(out, target, mask)))
             size = np.array(images.shape[-1:-3:-1])
-            err_px = ((out["xy"] - target).numpy() * size)
+            # validated with the decoding inference uses (peak-local, not the global mean)
+            err_px = ((local_soft_argmax(out["logits"].flatten(2).softmax(-1).view_as(out["logits"]))
+                       - target).numpy() * size)
             for s, e, m in zip(chunk, err_px, mask.numpy()):
                 errors += list(np.hypot(e[m, 0], e[m, 1]) * s.mm_per_px)
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
