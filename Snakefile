@@ -29,6 +29,9 @@ include: "rules/synthesize.smk"
 include: "rules/dataset.smk"
 include: "rules/metadata.smk"
 include: "rules/localize.smk"
+include: "rules/crops.smk"
+include: "rules/train.smk"
+include: "rules/submission.smk"
 
 
 rule all:

@@ -65,6 +65,12 @@ def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> 
             if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
                 problems.append(f"  synthetic.priors.{family}.{level}: {probs} sums to "
                                 f"{sum(probs):.4f}, not 1")
+    weights = config.get("inference", {}).get("fold_weights")
+    n_folds = config.get("folds", {}).get("n")
+    if weights is not None and len(weights) != n_folds:
+        problems.append(f"  inference.fold_weights: {len(weights)} weights for {n_folds} folds")
+    elif weights is not None and sum(weights) <= 0:
+        problems.append("  inference.fold_weights: the weights sum to zero")
     data_dir = config.get("data_dir", "")
     if data_dir:
         folder = Path(data_dir)

@@ -40,13 +40,17 @@ def init_tracking(tracking: Mapping[str, Any]) -> str:
 
 @contextlib.contextmanager
 def mlflow_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None) -> Iterator[Callable[[dict, int | None], None]]:
-    """Start a run, log params; yields ``log_metrics(metrics, step)``."""
+               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+               run_id: str | None = None) -> Iterator[Callable[[dict, int | None], None]]:
+    """Start a run (a child of ``parent_run_id`` when given, or resume ``run_id``), log
+    params; yields ``log_metrics(metrics, step)``. Inside the block, :func:`log_artifact`
+    attaches files to the run."""
     import mlflow
 
     mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
     mlflow.set_experiment(tracking["experiment"])
-    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})):
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                          tags=dict(tags or {}), parent_run_id=parent_run_id):
         flat = {k: str(v)[:500] for k, v in flatten(params).items()}
         for start in range(0, len(flat), 90):  # mlflow caps params per call
             mlflow.log_params(dict(list(flat.items())[start:start + 90]))
@@ -57,3 +61,44 @@ def mlflow_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, 
             mlflow.log_metrics(finite, step=step)
 
         yield log_metrics
+
+
+def log_artifact(path: Path | str, folder: str | None = None) -> None:
+    """Attach a file to the active run (no-op outside one)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def start_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
+                     tags: Mapping[str, str] | None = None) -> str:
+    """Create the experiment's parent run (children attach to it from other processes) and
+    return its id; it is left open (RUNNING) until :func:`finish_run`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
+    experiment = mlflow.set_experiment(tracking["experiment"])
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=dict(tags or {}))
+    flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for start in range(0, len(items), 90):
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v)
+                                                  for k, v in items[start:start + 90]])
+    return run.info.run_id
+
+
+def finish_run(tracking: Mapping[str, Any], run_id: str, metrics: Mapping[str, float],
+               artifacts: list[Path] = ()) -> None:
+    """Log final metrics and artifacts to a run and mark it finished."""
+    import mlflow
+
+    mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
+    client = mlflow.MlflowClient()
+    finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+    for key, value in finite.items():
+        client.log_metric(run_id, key, value)
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")

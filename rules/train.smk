@@ -1,0 +1,107 @@
+# Severity classifiers: one job per condition family and fold, out-of-fold evaluation.
+
+TRAIN_GPU = 1 if config["train"]["device"] == "cuda" else 0
+
+
+def model_families():
+    families = list(config["train"]["families"])
+    return families + (["all"] if config["train"]["all_series_model"] else [])
+
+
+def oof_predictions():
+    return expand("results/train/oof/{family}_fold{fold}.parquet", family=model_families(),
+                  fold=range(config["folds"]["n"]))
+
+
+def family_models():
+    return expand("results/train/models/{family}_fold{fold}.pt", family=model_families(),
+                  fold=range(config["folds"]["n"]))
+
+
+rule train_parent_run:
+    input:
+        tracking="results/tracking/experiment.txt",
+    output:
+        "results/train/parent_run.json",
+    params:
+        tracking=config["mlflow"],
+        train=config["train"],
+        crops=config["crops"],
+        folds=config["folds"],
+        seed=config["seed"],
+    log:
+        "logs/train/parent_run.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/train_parent_run.py"
+
+
+rule train_model:
+    input:
+        index="results/crops/train/index.parquet",
+        labels=dataset_file("train.csv"),
+        folds="results/folds.parquet",
+        parent="results/train/parent_run.json",
+        code=code("classify/data", "classify/models", "classify/training", "classify/pipeline",
+                  "crops/views"),
+    output:
+        model="results/train/models/{family}_fold{fold}.pt",
+        predictions="results/train/oof/{family}_fold{fold}.parquet",
+    params:
+        cfg=config["train"],
+        crops=config["crops"],
+        seed=config["seed"],
+        tracking=config["mlflow"],
+        # survives a killed job (not an output): --rerun-incomplete resumes from it
+        checkpoint=lambda wc: f"results/train/checkpoints/{wc.family}_fold{wc.fold}.last.pt",
+    wildcard_constraints:
+        family="spinal|foraminal|subarticular|all",
+        fold=r"\d+",
+    log:
+        "logs/train/{family}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{family}_fold{fold}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=TRAIN_GPU,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/train_model.py"
+
+
+rule cv_eval:
+    input:
+        predictions=oof_predictions(),
+        labels=dataset_file("train.csv"),
+        parent="results/train/parent_run.json",
+        code=code("classify/evaluate", "classify/plots", "metric"),
+    output:
+        cv="results/eval/cv_oof.json",
+        temperatures="results/train/temperatures.json",
+        confusion=report("results/eval/confusion_matrices.png", caption="../report/cv.rst",
+                         category="Evaluation"),
+        calibration=report("results/eval/calibration.png", caption="../report/cv.rst",
+                           category="Evaluation"),
+    params:
+        cfg=config["train"],
+        tracking=config["mlflow"],
+    log:
+        "logs/eval/cv.log",
+    benchmark:
+        "results/benchmarks/eval/cv.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/cv_eval.py"

@@ -1,0 +1,145 @@
+"""Training samples over the crop cache: which crops and labels make one sample of a family,
+and a torch Dataset that reads them from the memory-mapped arrays (no DICOM decoding)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import Dataset
+
+from spinepipe.constants import LEVELS
+from spinepipe.crops.views import FAMILY_INPUTS
+
+log = logging.getLogger(__name__)
+
+# Conditions a family's model outputs, per side of its samples
+FAMILY_CONDITIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "spinal": {"center": ("spinal_canal_stenosis",)},
+    "foraminal": {"left": ("left_neural_foraminal_narrowing",),
+                  "right": ("right_neural_foraminal_narrowing",)},
+    "subarticular": {"left": ("left_subarticular_stenosis",),
+                     "right": ("right_subarticular_stenosis",)},
+    "all": {"center": ("spinal_canal_stenosis", "left_neural_foraminal_narrowing",
+                       "right_neural_foraminal_narrowing", "left_subarticular_stenosis",
+                       "right_subarticular_stenosis")},
+}
+
+
+def n_outputs(family: str) -> int:
+    return len(next(iter(FAMILY_CONDITIONS[family].values())))
+
+
+def n_views(family: str) -> int:
+    return len(next(iter(FAMILY_INPUTS[family].values())))
+
+
+@dataclass
+class Sample:
+    study_id: int
+    level: str
+    side: str
+    row_ids: list[str]                  # submission rows this sample predicts
+    crops: list[tuple[str, int]]        # (array path, row) per view
+    masks: list[list[bool]]             # cached slice masks per view
+    statuses: list[str]
+    target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1: no label
+
+    @property
+    def usable(self) -> bool:
+        return any(s == "ok" for s in self.statuses)
+
+
+def family_samples(family: str, index: pl.DataFrame,
+                   targets: dict[str, int] | None = None) -> list[Sample]:
+    """One sample per (study, level, side) of the family, from the crop index
+    (``study_id, level, view, array, row, status, slice_mask``)."""
+    by_key = {(r["study_id"], r["level"], r["view"]): r for r in index.iter_rows(named=True)}
+    samples = []
+    for study_id in sorted(index["study_id"].unique().to_list()):
+        for level in LEVELS:
+            for side, views in FAMILY_INPUTS[family].items():
+                rows = [by_key.get((study_id, level, v)) for v in views]
+                if any(r is None for r in rows):
+                    continue
+                conditions = FAMILY_CONDITIONS[family][side]
+                row_ids = [f"{study_id}_{c}_{level}" for c in conditions]
+                target = np.array([-1 if targets is None else targets.get(r, -1) for r in row_ids],
+                                  dtype=np.int64)
+                samples.append(Sample(study_id, level, side, row_ids,
+                                      [(r["array"], r["row"]) for r in rows],
+                                      [r["slice_mask"] for r in rows], [r["status"] for r in rows],
+                                      target))
+    return samples
+
+
+def label_targets(labels_long: pl.DataFrame) -> dict[str, int]:
+    """row_id -> 0/1/2 for labelled rows (from ``metric.labels_to_long``)."""
+    known = labels_long.filter(pl.col("target").is_not_null())
+    return dict(zip(known["row_id"].to_list(), known["target"].cast(pl.Int64).to_list()))
+
+
+def build_augment(specs: list[dict[str, Any]]) -> A.Compose | None:
+    """An albumentations pipeline from config entries ``{name: ..., **kwargs}``."""
+    if not specs:
+        return None
+    transforms = []
+    for spec in specs:
+        kwargs = {k: v for k, v in spec.items() if k != "name"}
+        if not hasattr(A, spec["name"]):
+            raise ValueError(f"train.augment: albumentations has no transform {spec['name']!r}")
+        transforms.append(getattr(A, spec["name"])(**kwargs))
+    return A.Compose(transforms)
+
+
+class CropDataset(Dataset):
+    """(views * slices, size, size) float32 tensors, their slice mask, targets and level.
+
+    Training draws a slice offset within ``slice_jitter`` and a crop-centre shift within
+    ``point_jitter`` pixels from the cached margins, then applies ``augment`` to all slices
+    of the sample alike.
+    """
+
+    def __init__(self, samples: list[Sample], cfg: dict[str, Any], train: bool,
+                 augment: A.Compose | None = None, seed: int = 0) -> None:
+        self.samples, self.train, self.augment = samples, train, augment
+        self.size, self.margin, self.slices = cfg["size"], cfg["margin"], cfg["slices"]
+        self.extra = cfg["extra_slices"]
+        self.slice_jitter = min(cfg.get("slice_jitter", 0), self.extra) if train else 0
+        self.point_jitter = min(cfg.get("point_jitter", 0), self.margin) if train else 0
+        self.rng = np.random.default_rng(seed)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _array(self, path: str) -> np.ndarray:
+        if path not in self._arrays:  # opened lazily: each DataLoader worker maps its own
+            self._arrays[path] = np.load(path, mmap_mode="r")
+        return self._arrays[path]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = self.samples[i]
+        offset = int(self.rng.integers(-self.slice_jitter, self.slice_jitter + 1)) if self.slice_jitter else 0
+        dx, dy = (self.rng.integers(-self.point_jitter, self.point_jitter + 1, size=2)
+                  if self.point_jitter else (0, 0))
+        centre = self.slices + self.extra + offset
+        lo, hi = centre - self.slices, centre + self.slices + 1
+        y0, x0 = self.margin + dy, self.margin + dx
+        images, masks = [], []
+        for (path, row), mask in zip(sample.crops, sample.masks):
+            crop = self._array(path)[row, lo:hi, y0:y0 + self.size, x0:x0 + self.size]
+            images.append(np.asarray(crop, dtype=np.float32))
+            masks.append(np.asarray(mask[lo:hi], dtype=bool))
+        stack = np.concatenate(images)  # (T, H, W)
+        if self.augment is not None:
+            stack = self.augment(image=np.ascontiguousarray(stack.transpose(1, 2, 0)))["image"]
+            stack = np.ascontiguousarray(np.asarray(stack, dtype=np.float32).transpose(2, 0, 1))
+        return {"image": torch.from_numpy(stack), "mask": torch.from_numpy(np.concatenate(masks)),
+                "target": torch.from_numpy(sample.target),
+                "level": torch.tensor(LEVELS.index(sample.level))}

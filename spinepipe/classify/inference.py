@@ -1,0 +1,177 @@
+"""Test inference: every fold model of a family over the cached test crops (optional flip
+test-time augmentation), then the ensemble and the submission with its fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+import numpy as np
+import polars as pl
+import torch
+
+from spinepipe.classify.data import CropDataset, family_samples
+from spinepipe.classify.evaluate import LOGITS, _softmax
+from spinepipe.classify.pipeline import load_model, predictions_frame
+from spinepipe.classify.training import make_loader
+from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
+from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS
+from spinepipe.metric import prior_predictions
+
+log = logging.getLogger(__name__)
+
+DEGRADED_SCHEMA = {"row_id": pl.String, "reason": pl.String, "fallback": pl.String}
+
+
+def flip_spinal(images: torch.Tensor, n_views: int) -> torch.Tensor:
+    """The spinal sample seen from the other side: each view's slice order reversed (the
+    sagittal neighbours swap sides) and axial views flipped left-right. Only the spinal canal
+    is symmetric; sided families have no label-preserving flip."""
+    b, t, h, w = images.shape
+    views = images.view(b, n_views, t // n_views, h, w).flip(2)
+    names = FAMILY_INPUTS["spinal"]["center"]
+    axial = torch.tensor([VIEWS[n].series_description.startswith("Axial") for n in names])
+    views = torch.where(axial[None, :, None, None, None], views.flip(-1), views)
+    return views.reshape(b, t, h, w)
+
+
+@torch.no_grad()
+def predict_family(model_path: Path, index: pl.DataFrame, tta: bool, batch_size: int,
+                   device: str = "cpu") -> pl.DataFrame:
+    """Logits of one fold model for every sample of its family in ``index``."""
+    model, meta = load_model(model_path, device)
+    family, crops = meta["family"], meta["crops"]
+    samples = family_samples(family, index)
+    loader = make_loader(CropDataset(samples, crops, train=False), batch_size, False, 0, 0)
+    n_views = len(next(iter(FAMILY_INPUTS[family].values())))
+    logits = []
+    for batch in loader:
+        images, mask = batch["image"].to(device), batch["mask"].to(device)
+        out = model(images, mask)["logits"]
+        if tta and family == "spinal":
+            flipped_mask = mask.view(mask.shape[0], n_views, -1).flip(2).reshape(mask.shape)
+            out = (out + model(flip_spinal(images, n_views), flipped_mask)["logits"]) / 2
+        logits.append(out.float().cpu().numpy())
+    stacked = np.concatenate(logits) if logits else np.zeros((0, 1, 3))
+    return predictions_frame(samples, stacked, family, meta["fold"])
+
+
+def ensemble(predictions: pl.DataFrame, temperatures: dict[str, float],
+             fold_weights: list[float] | None) -> pl.DataFrame:
+    """Per row: the weighted mean over fold models of the temperature-scaled probabilities."""
+    logits = predictions.select(LOGITS).to_numpy()
+    t = np.array([temperatures.get(f, 1.0) for f in predictions["family"].to_list()])[:, None]
+    probs = _softmax(logits / t)
+    weights = (np.ones(predictions.height) if fold_weights is None
+               else np.array([fold_weights[f] for f in predictions["fold"].to_list()], dtype=np.float64))
+    frame = predictions.select("row_id", "family", "views_ok", "views").with_columns(
+        pl.Series("_w", weights), *[pl.Series(c, probs[:, k] * weights) for k, c in enumerate(SUBMISSION_COLUMNS)])
+    return frame.group_by("row_id", "family").agg(
+        pl.col("views_ok").min(), pl.col("views").max(),
+        *[(pl.col(c).sum() / pl.col("_w").sum()).alias(c) for c in SUBMISSION_COLUMNS])
+
+
+def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame,
+                        train_labels: pl.DataFrame, crop_index: pl.DataFrame,
+                        unlocalized: pl.DataFrame | None = None,
+                        series: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The submission in the sample's row order, and the degraded-rows report.
+
+    A row keeps its model prediction when at least one of its views was cut (a spinal row with
+    one series missing is predicted from the other); with no view, no prediction, or a
+    non-finite one, it falls back to the prior (training label frequencies). Every row not
+    predicted from all its views is listed with its reason, and so is every row whose series
+    had unreadable files (``series``: series.parquet), predicted from the remaining slices.
+    """
+    row_ids = sample_submission["row_id"].to_list()
+    prior = prior_predictions(train_labels, row_ids)
+    merged = sample_submission.select("row_id").join(
+        ensembled.select("row_id", "views_ok", "views", *SUBMISSION_COLUMNS), on="row_id", how="left",
+        maintain_order="left")
+    model_probs = merged.select(SUBMISSION_COLUMNS).to_numpy()
+    prior_probs = prior.select(SUBMISSION_COLUMNS).to_numpy()
+    views_ok = merged["views_ok"].fill_null(0).to_numpy()
+    views = merged["views"].fill_null(0).to_numpy()
+    finite = np.isfinite(model_probs).all(axis=1)
+    use_model = finite & (views_ok > 0)
+    probs = np.where(use_model[:, None], model_probs, prior_probs)
+    probs = np.clip(probs, 1e-7, None)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    submission = pl.DataFrame({"row_id": row_ids, **{c: probs[:, k] for k, c in enumerate(SUBMISSION_COLUMNS)}})
+
+    statuses = _missing_views(crop_index)
+    reasons_by_study = {}
+    if unlocalized is not None and unlocalized.height:
+        for r in unlocalized.iter_rows(named=True):
+            reasons_by_study.setdefault(r["study_id"], []).append(str(r["reason"]))
+    problems = _series_problems(series)
+    degraded = []
+    for i, row_id in enumerate(row_ids):
+        study, rest = row_id.split("_", 1)
+        condition, level = rest.rsplit("_", 2)[0], "_".join(rest.rsplit("_", 2)[1:])
+        missing = statuses.get((int(study), level, CONDITION_FAMILY[condition], _side(condition)), [])
+        context = "; ".join(reasons_by_study.get(int(study), []))
+        if merged["views"][i] is None:
+            reason = "no prediction for this row (study absent from the test crops)"
+        elif not finite[i]:
+            reason = "non-finite model output"
+        elif views_ok[i] == 0:
+            reason = "no view could be cut: " + ", ".join(missing)
+        elif views_ok[i] < views[i]:
+            reason = "predicted without " + ", ".join(missing)
+        elif (study_problems := [p for description, p in problems.get(int(study), [])
+                                 if description in FAMILY_DESCRIPTIONS[CONDITION_FAMILY[condition]]]):
+            reason = "predicted from the readable slices: " + "; ".join(study_problems)
+        else:
+            continue
+        if context:
+            reason += f" ({context})"
+        degraded.append({"row_id": row_id, "reason": reason[:500],
+                         "fallback": "model (other series)" if use_model[i] else "prior"})
+    return submission, pl.DataFrame(degraded, schema=DEGRADED_SCHEMA)
+
+
+FAMILY_DESCRIPTIONS = {family: {VIEWS[v].series_description for views in FAMILY_INPUTS[family].values()
+                                for v in views} for family in ("spinal", "foraminal", "subarticular")}
+
+
+def _series_problems(series: pl.DataFrame | None) -> dict[int, list[tuple[str, str]]]:
+    """study -> (series description, what is wrong) for series with unreadable files."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    if series is None:
+        return out
+    for r in series.filter(pl.col("n_bad") > 0).iter_rows(named=True):
+        out.setdefault(r["study_id"], []).append(
+            (r["series_description"], f"{r['series_description']} series {r['series_id']}: "
+                                      f"{r['n_bad']} of {r['n_files']} files unreadable"))
+    return out
+
+
+def _side(condition: str) -> str:
+    return condition.split("_", 1)[0] if condition.startswith(("left", "right")) else "center"
+
+
+def _missing_views(crop_index: pl.DataFrame) -> dict[tuple[int, str, str, str], list[str]]:
+    """(study, level, family, side) -> the views of its model that could not be cut, with why."""
+    status = {(r["study_id"], r["level"], r["view"]): r["status"] for r in crop_index.iter_rows(named=True)}
+    out: dict[tuple[int, str, str, str], list[str]] = {}
+    for study_id, level in {(s, lv) for s, lv, _ in status}:
+        for family in ("spinal", "foraminal", "subarticular"):
+            for side, views in FAMILY_INPUTS[family].items():
+                out[(study_id, level, family, side)] = [
+                    f"{v} ({status.get((study_id, level, v), 'absent')})" for v in views
+                    if status.get((study_id, level, v)) != "ok"]
+    return out
+
+
+def validate_submission(submission: pl.DataFrame, sample_submission: pl.DataFrame) -> None:
+    """Raise unless rows, order and columns match the sample and every row is a distribution."""
+    if submission.columns != sample_submission.columns:
+        raise ValueError(f"submission columns {submission.columns} != {sample_submission.columns}")
+    if submission["row_id"].to_list() != sample_submission["row_id"].to_list():
+        raise ValueError("submission rows differ from sample_submission.csv (ids or order)")
+    probs = submission.select(SUBMISSION_COLUMNS).to_numpy()
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise ValueError("submission holds probabilities outside [0, 1] or non-finite values")
+    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-6):
+        raise ValueError("submission rows do not sum to 1")
+

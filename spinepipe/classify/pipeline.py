@@ -1,0 +1,136 @@
+"""Stage function of the training rule: one condition family, one fold, one MLflow child run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+import yaml
+
+from spinepipe.classify.data import (CropDataset, Sample, build_augment, family_samples, label_targets,
+                                     n_outputs, n_views)
+from spinepipe.classify.models import SeverityModel
+from spinepipe.classify.plots import confusion, plot_confusions, plot_history
+from spinepipe.classify.training import fit, make_loader, predict
+from spinepipe.constants import SUBMISSION_COLUMNS
+from spinepipe.metric import labels_to_long
+from spinepipe.tracking import log_artifact, mlflow_run
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SCHEMA = {"row_id": pl.String, "study_id": pl.Int64, "level": pl.String,
+                     "condition": pl.String, "family": pl.String, "fold": pl.Int64,
+                     "views_ok": pl.Int64, "views": pl.Int64,
+                     **{f"logit_{c}": pl.Float64 for c in SUBMISSION_COLUMNS}}
+
+
+def predictions_frame(samples: list[Sample], logits: np.ndarray, family: str, fold: int) -> pl.DataFrame:
+    """One row per submission row a sample predicts, with its raw logits."""
+    rows = []
+    for sample, sample_logits in zip(samples, logits):
+        ok = sum(s == "ok" for s in sample.statuses)
+        for row_id, row_logits in zip(sample.row_ids, sample_logits):
+            rows.append({"row_id": row_id, "study_id": sample.study_id, "level": sample.level,
+                         "condition": row_id.split("_", 1)[1].rsplit("_", 2)[0], "family": family,
+                         "fold": fold, "views_ok": ok, "views": len(sample.statuses),
+                         **{f"logit_{c}": float(v) for c, v in zip(SUBMISSION_COLUMNS, row_logits)}})
+    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
+
+
+def build_model(family: str, crop_cfg: dict[str, Any], cfg: dict[str, Any]) -> SeverityModel:
+    slices = 2 * crop_cfg["slices"] + 1
+    return SeverityModel(cfg["backbone"], n_views(family) * slices, n_outputs(family), cfg["head"],
+                         cfg["hidden"], cfg["dropout"], cfg["aux_weight"] > 0, cfg["weights"] or None)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[SeverityModel, dict[str, Any]]:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    meta = saved["meta"]
+    model = build_model(meta["family"], meta["crops"], meta["train"] | {"weights": ""})
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), meta
+
+
+def family_metric(class_weights: np.ndarray):
+    """Validation figure for checkpoint selection: the metric's weighted log loss averaged
+    with, for spinal outputs, nothing more (the any-severe term needs whole studies and is
+    left to the out-of-fold evaluation)."""
+    from spinepipe.classify.training import weighted_log_loss
+
+    def metric(logits: np.ndarray, targets: np.ndarray) -> float:
+        per_output = [weighted_log_loss(logits[:, k], targets[:, k], class_weights)
+                      for k in range(logits.shape[1])]
+        return float(np.nanmean(per_output))
+    return metric
+
+
+def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFrame,
+               folds: pl.DataFrame, crop_cfg: dict[str, Any], cfg: dict[str, Any], seed: int,
+               tracking: dict[str, Any], parent_run_id: str | None, out_model: Path,
+               out_predictions: Path, checkpoint: Path, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(max(threads, 1))
+    device = torch.device(cfg["device"] if cfg["device"] == "cpu" or torch.cuda.is_available() else "cpu")
+    if device.type != cfg["device"]:
+        log.warning("train.device is %s but no GPU is visible: training on CPU", cfg["device"])
+    targets = label_targets(labels_to_long(labels))
+    samples = family_samples(family, index, targets)
+    held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())
+    train = [s for s in samples if s.study_id not in held_out]
+    skipped = {"no_label": sum((s.target < 0).all() for s in train),
+               "no_view": sum(not s.usable for s in train) if cfg["skip_missing"] else 0}
+    train = [s for s in train if (s.target >= 0).any() and (s.usable or not cfg["skip_missing"])]
+    val = [s for s in samples if s.study_id in held_out]
+    log.info("%s fold %d: %d training samples (skipped %s), %d validation samples",
+             family, fold, len(train), skipped, len(val))
+    fold_seed = seed + 1000 * fold + sum(map(ord, family))
+    data_cfg = crop_cfg | {"slice_jitter": cfg["slice_jitter"], "point_jitter": cfg["point_jitter"]}
+    augment = build_augment(cfg["augment"])
+    train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
+    val_set = CropDataset(val, data_cfg, train=False)
+    model = build_model(family, crop_cfg, cfg)
+    fingerprint = hashlib.sha256(json.dumps(
+        [family, fold, seed, cfg, crop_cfg, sorted(s.study_id for s in train)], sort_keys=True,
+        default=str).encode()).hexdigest()
+    params = {"family": family, "fold": fold, "n_train": len(train), "n_val": len(val),
+              "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
+              "train": cfg, "crops": crop_cfg}
+    class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
+    with mlflow_run(tracking, f"{family}-fold{fold}", params, parent_run_id=parent_run_id,
+                    tags={"stage": "train", "family": family, "fold": str(fold)}) as log_metrics:
+        model, history = fit(model, train_set, val_set, cfg, device=device, seed=fold_seed,
+                             checkpoint=checkpoint, fingerprint=fingerprint,
+                             metric=family_metric(class_weights), log_metrics=log_metrics)
+        loader = make_loader(val_set, cfg["batch_size"], False, 0, fold_seed)
+        logits, val_targets, _ = predict(model, loader, device, device.type == "cuda")
+        best = min(history, key=lambda h: h["val_metric" if cfg["select_by"] == "metric" else "val_loss"])
+        summary = {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                   "best_val_metric": best.get("val_metric", float("nan"))}
+        log_metrics(summary, None)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(yaml.safe_dump({"train": cfg, "crops": crop_cfg,
+                                                                "family": family, "fold": fold}))
+            plot_history(history, folder / "loss_curves.png")
+            predicted = logits.argmax(-1)
+            conditions = [r.split("_", 1)[1].rsplit("_", 2)[0] for r in val[0].row_ids] if val else []
+            matrices = {}
+            for k in range(logits.shape[1] if len(logits) else 0):
+                name = conditions[k] if family != "foraminal" and family != "subarticular" else family
+                matrices[name] = confusion(val_targets[:, k], predicted[:, k])
+            if matrices:
+                plot_confusions(matrices, folder / "confusion_matrices.png")
+            for path in folder.iterdir():
+                log_artifact(path)
+    out_model.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
+                         "history": history, **summary}}, out_model)
+    predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
+    return summary

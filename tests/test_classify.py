@@ -1,0 +1,230 @@
+"""Severity models: shapes and masking, the loss, the schedule, temperature scaling, resume,
+learning on the tiny dataset, and the submission's fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from spinepipe.classify.data import CropDataset, Sample, family_samples, label_targets
+from spinepipe.classify.evaluate import fit_temperature, weighted_nll
+from spinepipe.classify.inference import assemble_submission, ensemble, flip_spinal, validate_submission
+from spinepipe.classify.models import SeverityModel
+from spinepipe.classify.pipeline import build_model, predictions_frame
+from spinepipe.classify.training import fit, lr_lambda, severity_loss
+from spinepipe.constants import LABEL_COLUMNS, LEVELS
+from spinepipe.crops.build import build_crops
+from spinepipe.dataset import read_coordinates, read_labels, read_series_descriptions, read_submission
+from spinepipe.metadata import parse_instances, summarize_series
+from spinepipe.metric import labels_to_long, prior_predictions, score
+
+from test_crops import CROP_CFG
+
+TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16, "dropout": 0.0,
+             "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
+             "warmup_epochs": 1, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
+             "select_by": "loss", "slice_jitter": 1, "point_jitter": 2, "skip_missing": True,
+             "augment": [], "num_workers": 0, "device": "cpu", "temperature_scaling": True}
+
+
+@pytest.mark.parametrize("head", ["gru", "lstm", "meanmax"])
+def test_model_shapes_and_masked_slices(head):
+    torch.manual_seed(0)
+    model = SeverityModel("resnet10t", n_slices=6, n_outputs=5, head=head, hidden=8).eval()
+    images = torch.randn(3, 6, 24, 24)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2] = False  # nothing usable: still a finite output
+    out = model(images, mask)
+    assert out["logits"].shape == (3, 5, 3) and out["level_logits"].shape == (3, 5)
+    assert torch.isfinite(out["logits"]).all()
+    # what a masked slice holds does not change the prediction
+    changed = images.clone()
+    changed[1, 3:] = 100.0
+    assert torch.allclose(model(changed, mask)["logits"][1], out["logits"][1], atol=1e-5)
+
+
+def test_loss_ignores_missing_labels_and_weighs_severe_more():
+    logits = torch.zeros(2, 1, 3)
+    out = {"logits": logits}
+    weights = torch.tensor([1.0, 2.0, 4.0])
+    level = torch.zeros(2, dtype=torch.long)
+    uniform = np.log(3.0)
+    loss = severity_loss(out, torch.tensor([[0], [-1]]), level, weights, 0.0)
+    assert abs(float(loss) - uniform) < 1e-6  # the unlabelled row contributes nothing
+    confident = torch.tensor([[[5.0, 0.0, 0.0]], [[5.0, 0.0, 0.0]]])
+    mild_true = severity_loss({"logits": confident}, torch.tensor([[0], [2]]), level, weights, 0.0)
+    p = torch.softmax(confident[0, 0], 0)
+    by_hand = -(1 * torch.log(p[0]) + 4 * torch.log(p[2])) / 5
+    assert abs(float(mild_true) - float(by_hand)) < 1e-5
+    assert float(severity_loss({"logits": logits}, torch.tensor([[-1], [-1]]), level, weights, 0.0)) == 0.0
+
+
+def test_warmup_then_cosine():
+    f = lr_lambda(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_temperature_scaling_recovers_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(3000, 3)) * 1.5
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    targets = np.array([rng.choice(3, p=p) for p in probs])
+    weights = np.array([1.0, 1.0, 1.0])
+    t = fit_temperature(true_logits * 3.0, targets, weights)
+    assert abs(t - 3.0) < 0.3
+    calibrated = weighted_nll(np.exp(true_logits * 3 / t) / np.exp(true_logits * 3 / t).sum(1, keepdims=True),
+                              targets, weights)
+    raw = weighted_nll(np.exp(true_logits * 3) / np.exp(true_logits * 3).sum(1, keepdims=True), targets, weights)
+    assert calibrated < raw
+
+
+def test_spinal_flip_reverses_slices_and_mirrors_only_axial_views():
+    images = torch.arange(2 * 6 * 2 * 2, dtype=torch.float32).view(2, 6, 2, 2)
+    flipped = flip_spinal(images, 2)
+    assert torch.equal(flipped[:, 0], images[:, 2])           # sagittal: order reversed
+    assert torch.equal(flipped[:, 3], images[:, 5].flip(-1))  # axial: also left-right
+    assert torch.equal(flip_spinal(flipped, 2), images)
+
+
+@pytest.fixture(scope="module")
+def tiny_crops(tiny_dataset, tmp_path_factory):
+    dataset, _ = tiny_dataset
+    out = tmp_path_factory.mktemp("crops")
+    table = read_series_descriptions(dataset / "train_series_descriptions.csv")
+    instances = parse_instances(dataset / "train_images", table)
+    series = summarize_series(instances, table)
+    coordinates = read_coordinates(dataset / "train_label_coordinates.csv").join(
+        table.select("series_id", "series_description"), on="series_id").with_columns(
+        source=pl.lit("annotated"))
+    studies = sorted(table["study_id"].unique().to_list())
+    index = build_crops(studies, coordinates, instances, series, CROP_CFG, out / "train.npy")
+    index = index.with_columns(array=pl.lit(str(out / "train.npy")))
+    labels = read_labels(dataset / "train.csv")
+    return index, labels, out
+
+
+def test_resumed_training_equals_uninterrupted(tiny_crops, tmp_path):
+    index, labels, _ = tiny_crops
+    samples = family_samples("spinal", index, label_targets(labels_to_long(labels)))[:16]
+    cfg = TRAIN_CFG | {"epochs": 3, "hidden": 8}
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(epoch_to_die):
+        def log_metrics(metrics, epoch):
+            if epoch == epoch_to_die:
+                raise Killed
+        return log_metrics
+
+    def run(checkpoint, log_metrics=None):
+        torch.manual_seed(0)
+        model = build_model("spinal", CROP_CFG, cfg)
+        data = CROP_CFG | {"slice_jitter": 1, "point_jitter": 2}
+        return fit(model, CropDataset(samples, data, train=True, seed=1),
+                   CropDataset(samples, data, train=False), cfg, device=torch.device("cpu"), seed=1,
+                   checkpoint=checkpoint, fingerprint="same", log_metrics=log_metrics)
+
+    straight, history = run(tmp_path / "a.pt")
+    with pytest.raises(Killed):  # killed at the end of the third epoch, before its checkpoint
+        run(tmp_path / "b.pt", kill_at(2))
+    resumed, resumed_history = run(tmp_path / "b.pt")
+    assert [h["epoch"] for h in resumed_history] == [0, 1, 2]
+    assert resumed_history[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-5)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_tiny_model_learns_beyond_the_prior(tiny_crops, tmp_path):
+    """Loss falls and, on the studies it trained on, the spinal model beats the label prior:
+    the crops carry the pathology and the training loop can use it."""
+    index, labels, _ = tiny_crops
+    samples = family_samples("spinal", index, label_targets(labels_to_long(labels)))
+    samples = [s for s in samples if s.usable and (s.target >= 0).all()]
+    cfg = TRAIN_CFG | {"epochs": 25, "lr": 3e-3, "hidden": 16, "batch_size": 10, "slice_jitter": 0,
+                       "point_jitter": 0, "aux_weight": 0.0}
+    torch.manual_seed(0)
+    data = CROP_CFG | {"slice_jitter": 0, "point_jitter": 0}
+    model, history = fit(build_model("spinal", CROP_CFG, cfg), CropDataset(samples, data, train=True),
+                         CropDataset(samples, data, train=False), cfg, device=torch.device("cpu"),
+                         seed=0, checkpoint=tmp_path / "c.pt", fingerprint="x")
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    model.eval()
+    with torch.no_grad():
+        batch = [CropDataset(samples, data, train=False)[i] for i in range(len(samples))]
+        logits = model(torch.stack([b["image"] for b in batch]), torch.stack([b["mask"] for b in batch]))["logits"]
+    frame = predictions_frame(samples, logits.numpy(), "spinal", 0)
+    probs = torch.from_numpy(frame.select("logit_normal_mild", "logit_moderate", "logit_severe")
+                             .to_numpy()).softmax(-1).numpy()
+    predictions = pl.DataFrame({"row_id": frame["row_id"], "normal_mild": probs[:, 0],
+                                "moderate": probs[:, 1], "severe": probs[:, 2]})
+    spinal_only = labels.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in LABEL_COLUMNS
+                                       if not c.startswith("spinal")])
+    model_score = score(spinal_only, predictions)["spinal"]
+    prior_score = score(spinal_only, prior_predictions(labels, predictions["row_id"].to_list()))["spinal"]
+    print(f"\ntiny spinal model {model_score:.3f} vs prior {prior_score:.3f} (training studies)")
+    assert model_score < 0.7 * prior_score
+
+
+def _sample_submission(studies: list[int]) -> pl.DataFrame:
+    from spinepipe.constants import CONDITIONS
+    rows = [f"{s}_{c}_{lv}" for s in studies for c in CONDITIONS for lv in LEVELS]
+    return pl.DataFrame({"row_id": rows, "normal_mild": [1 / 3] * len(rows),
+                         "moderate": [1 / 3] * len(rows), "severe": [1 / 3] * len(rows)})
+
+
+def test_submission_falls_back_and_reports_every_degraded_row(tiny_crops):
+    index, labels, _ = tiny_crops
+    studies = sorted(index["study_id"].unique().to_list())[:2]
+    index = index.filter(pl.col("study_id").is_in(studies)).with_columns(status=pl.lit("ok"))
+    # study 0 lost its axial series: axial views missing
+    lost = (pl.col("study_id") == studies[0]) & pl.col("view").str.starts_with("axial")
+    index = index.with_columns(status=pl.when(lost).then(pl.lit("no_series")).otherwise(pl.col("status")))
+    frames = []
+    for family in ("spinal", "foraminal", "subarticular"):
+        samples = family_samples(family, index)
+        for fold in (0, 1):
+            logits = np.random.default_rng(fold).normal(size=(len(samples), 1, 3))
+            frames.append(predictions_frame(samples, logits, family, fold))
+    predictions = pl.concat(frames)
+    # a row whose model output is broken, and a study with no crops at all
+    predictions = predictions.with_columns(
+        logit_severe=pl.when(pl.col("row_id") == f"{studies[1]}_spinal_canal_stenosis_l1_l2")
+        .then(float("nan")).otherwise(pl.col("logit_severe")))
+    sample = _sample_submission([*studies, 123])
+    ensembled = ensemble(predictions, {"spinal": 2.0}, None)
+    submission, degraded = assemble_submission(sample, ensembled, labels, index)
+    validate_submission(submission, sample)
+    reasons = dict(zip(degraded["row_id"], degraded["fallback"]))
+    prior = prior_predictions(labels, sample["row_id"].to_list())
+    for lv in LEVELS:
+        assert reasons[f"{studies[0]}_left_subarticular_stenosis_{lv}"] == "prior"
+        assert reasons[f"{studies[0]}_spinal_canal_stenosis_{lv}"] == "model (other series)"
+        assert f"{studies[0]}_left_neural_foraminal_narrowing_{lv}" not in reasons
+        assert reasons[f"123_spinal_canal_stenosis_{lv}"] == "prior"
+    assert reasons[f"{studies[1]}_spinal_canal_stenosis_l1_l2"] == "prior"
+    assert degraded.height == 5 * 2 + 25 + 1 + 5  # study 0 recesses + study 123 + nan row + study 0 canal
+    fallback = submission.filter(pl.col("row_id") == f"123_spinal_canal_stenosis_l1_l2")
+    expected = prior.filter(pl.col("row_id") == f"123_spinal_canal_stenosis_l1_l2")
+    assert np.allclose(fallback.select("normal_mild", "moderate", "severe").to_numpy(),
+                       expected.select("normal_mild", "moderate", "severe").to_numpy(), atol=1e-6)
+    # the ensemble is the mean over folds of temperature-scaled probabilities
+    row = f"{studies[1]}_left_neural_foraminal_narrowing_l3_l4"
+    logits = predictions.filter(pl.col("row_id") == row).select("logit_normal_mild", "logit_moderate",
+                                                                 "logit_severe").to_numpy()
+    by_hand = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).mean(0)
+    got = submission.filter(pl.col("row_id") == row).select("normal_mild", "moderate", "severe").to_numpy()[0]
+    assert np.allclose(got, by_hand, atol=1e-6)
+
+
+def test_validate_submission_rejects_bad_rows():
+    sample = _sample_submission([1])
+    validate_submission(sample, sample)
+    with pytest.raises(ValueError, match="order"):
+        validate_submission(sample.reverse(), sample)
+    with pytest.raises(ValueError, match="sum to 1"):
+        validate_submission(sample.with_columns(severe=pl.lit(0.9)), sample)

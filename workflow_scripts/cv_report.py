@@ -1,0 +1,30 @@
+"""Rule cv_report: cv.json = the out-of-fold evaluation plus, where test labels exist
+(synthetic data), the submission's test score and the prior's."""
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from spinepipe.dataset import read_labels
+from spinepipe.logs import setup_logging
+from spinepipe.metric import prior_predictions, score
+from spinepipe.tracking import finish_run
+
+setup_logging(snakemake.log[0])
+result = json.loads(Path(snakemake.input.oof).read_text())
+if snakemake.input.test_labels:
+    test_labels = read_labels(Path(snakemake.input.test_labels[0]))
+    submission = pl.read_csv(snakemake.input.submission)
+    test = score(test_labels, submission)
+    prior = score(test_labels, prior_predictions(read_labels(Path(snakemake.input.labels)),
+                                                 submission["row_id"].to_list()))
+    result.update(test_score=test["score"], test_prior_score=prior["score"],
+                  test_terms={k: v for k, v in test.items() if k != "score"})
+Path(snakemake.output[0]).write_text(json.dumps(result, indent=2))
+logging.info("cv %.4f (prior %.4f); test %s (prior %s)", result["cv_score"], result["prior_score"],
+             result.get("test_score"), result.get("test_prior_score"))
+parent = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
+finish_run(snakemake.params.tracking, parent,
+           {k: result[k] for k in ("test_score", "test_prior_score") if k in result},
+           [Path(snakemake.output[0])])
