@@ -28,6 +28,8 @@ TINY = {
         "point_model": {"epochs": 1, "batch_size": 8},
         "slice_model": {"epochs": 1},
     },
+    "crops": {"shards": 2, "size": 24, "margin": 2},
+    "train": {"epochs": 1, "batch_size": 8, "threads": 1, "hidden": 16},
 }
 # Every quirk often enough that a handful of studies shows each of them.
 QUIRKY = {

@@ -12,20 +12,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 import yaml
 
 import slurm_cluster
 from conftest import REPO, TINY
-from test_rebuild import TARGETS
 from test_workflow import snakemake as run_local
 
 PROFILE = REPO / "profiles" / "slurm"
-# The rules behind TARGETS (the stages up to the geometry evaluation; the training stages
-# after them would take minutes on two cores), all run as Slurm jobs.
+# Every rule of the default target (the whole tiny pipeline, training and submission
+# included) runs as a Slurm job.
 SLURM_RULES = {"synthesize_shard", "synthesize", "dataset_summary", "synthetic_learnability",
-               "instances_shard", "metadata", "axial_xref", "geometry_eval"}
-RUN_LIMIT_S = 300
+               "instances_shard", "metadata", "axial_xref", "geometry_eval", "tracking_init",
+               "folds", "localizer_stacks", "train_localizer", "localize", "coordinates",
+               "localize_eval", "crops_shard", "crops_index", "train_parent_run", "train_model",
+               "cv_eval", "predict_test", "submission", "cv_report"}
+RUN_LIMIT_S = 1200
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def tiny_workdir(tmp_path_factory, name: str) -> Path:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     workdir = tiny_workdir(tmp_path_factory, "local")
-    result = run_local(workdir, *TARGETS, "--configfile", "tiny.yaml")
+    result = run_local(workdir, "--configfile", "tiny.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -60,7 +64,7 @@ def slurm_run(slurm, tmp_path_factory):
     # SIGTERM, hence SIGKILL; the job and its children share the timeout's process group.
     cmd = ["timeout", "-s", "KILL", str(RUN_LIMIT_S), sys.executable, "-m", "snakemake",
            "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(PROFILE),
-           "--slurm-keep-successful-logs", *TARGETS, "--configfile", "tiny.yaml"]
+           "--slurm-keep-successful-logs", "--configfile", "tiny.yaml"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=slurm.env,
                             timeout=RUN_LIMIT_S + 30)
     jobs = slurm.run("squeue", "--states=all", "--noheader", "--format=%i|%T|%k").stdout
@@ -83,6 +87,7 @@ def test_pipeline_runs_as_slurm_jobs(slurm_run):
     rules = [comment.removeprefix("rule_").split("_wildcards_")[0] for _, _, comment in rows]
     assert set(rules) == SLURM_RULES, squeue
     assert rules.count("synthesize_shard") == 3 and rules.count("instances_shard") == 8, squeue
+    assert rules.count("train_model") == 3 * TINY["folds"]["n"], squeue
     output = result.stdout + result.stderr
     assert output.count("has been submitted with SLURM jobid") == len(rows), output[-3000:]
     # The executor's per-job logs (kept with --slurm-keep-successful-logs).
@@ -118,3 +123,15 @@ def test_slurm_outputs_match_a_local_run(slurm_run, local_run):
     geometry = [json.loads((root / "eval" / "geometry.json").read_text())
                 for root in (on_slurm, local)]
     assert geometry[0] == geometry[1]
+    # training ran with the same seeds and thread counts: the same models and predictions
+    coordinates = [pl.read_parquet(root / "localize" / "coordinates.parquet") for root in (on_slurm, local)]
+    assert coordinates[0].select("study_id", "condition", "level", "instance_number").equals(
+        coordinates[1].select("study_id", "condition", "level", "instance_number"))
+    assert np.allclose(coordinates[0].select("x", "y").to_numpy(),
+                       coordinates[1].select("x", "y").to_numpy(), atol=1e-3)
+    submissions = [pl.read_csv(root / "submission.csv") for root in (on_slurm, local)]
+    assert submissions[0]["row_id"].to_list() == submissions[1]["row_id"].to_list()
+    assert np.allclose(submissions[0].select("normal_mild", "moderate", "severe").to_numpy(),
+                       submissions[1].select("normal_mild", "moderate", "severe").to_numpy(), atol=1e-4)
+    cv = [json.loads((root / "eval" / "cv.json").read_text()) for root in (on_slurm, local)]
+    assert abs(cv[0]["cv_score"] - cv[1]["cv_score"]) < 1e-4

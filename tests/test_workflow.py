@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -29,17 +31,34 @@ def planned_jobs(output: str) -> dict[str, int]:
             for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if m.group(1) != "total"}
 
 
+def damage_test_study(synthetic: Path) -> dict[str, int]:
+    """Delete one test study's axial series and corrupt one Sagittal T1 file of another."""
+    table = pl.read_csv(synthetic / "test_series_descriptions.csv")
+    studies = sorted(table["study_id"].unique().to_list())
+    axial = table.filter((pl.col("study_id") == studies[0]) & (pl.col("series_description") == "Axial T2"))
+    for series_id in axial["series_id"]:
+        shutil.rmtree(synthetic / "test_images" / str(studies[0]) / str(series_id))
+    t1 = table.filter((pl.col("study_id") == studies[1]) & (pl.col("series_description") == "Sagittal T1"))
+    victim = sorted((synthetic / "test_images" / str(studies[1]) / str(t1["series_id"][0])).glob("*.dcm"))[3]
+    victim.write_bytes(victim.read_bytes()[:400])
+    return {"no_axial": studies[0], "corrupt_t1": studies[1]}
+
+
 @pytest.fixture(scope="module")
 def workflow_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("workflow")
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    result = snakemake(workdir, "results/synthetic/test_series_descriptions.csv", "--configfile", "tiny.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    damaged = damage_test_study(workdir / "results" / "synthetic")
     result = snakemake(workdir, "--configfile", "tiny.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return workdir, damaged
 
 
 @pytest.mark.slow
 def test_pipeline_writes_dataset_and_reports(workflow_run):
+    workflow_run, _ = workflow_run
     results = workflow_run / "results"
     for name in ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv",
                  "test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv",
@@ -65,7 +84,46 @@ def test_pipeline_writes_dataset_and_reports(workflow_run):
 
 
 @pytest.mark.slow
+def test_damaged_test_studies_still_get_a_complete_submission(workflow_run):
+    workflow_run, damaged = workflow_run
+    results = workflow_run / "results"
+    sample = pl.read_csv(results / "synthetic" / "sample_submission.csv")
+    submission = pl.read_csv(results / "submission.csv")
+    assert submission.columns == sample.columns
+    assert submission["row_id"].to_list() == sample["row_id"].to_list()
+    probs = submission.select("normal_mild", "moderate", "severe").to_numpy()
+    assert np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    degraded = pl.read_csv(results / "eval" / "degraded_rows.csv")
+    reasons = dict(zip(degraded["row_id"], degraded["reason"]))
+    fallbacks = dict(zip(degraded["row_id"], degraded["fallback"]))
+    no_axial, corrupt = damaged["no_axial"], damaged["corrupt_t1"]
+    for level in ("l1_l2", "l3_l4", "l5_s1"):
+        for side in ("left", "right"):
+            row = f"{no_axial}_{side}_subarticular_stenosis_{level}"
+            assert fallbacks[row] == "prior" and "axial" in reasons[row].lower()
+            row = f"{corrupt}_{side}_neural_foraminal_narrowing_{level}"
+            assert row in reasons and "unreadable" in reasons[row]
+        assert fallbacks[f"{no_axial}_spinal_canal_stenosis_{level}"] == "model (other series)"
+    cv = json.loads((results / "eval" / "cv.json").read_text())
+    assert {"cv_score", "prior_score", "test_score", "test_prior_score"} <= cv.keys()
+    assert all(np.isfinite([cv["cv_score"], cv["prior_score"], cv["test_score"]]))
+    assert (results / "eval" / "confusion_matrices.png").stat().st_size > 0
+    assert len(list((results / "train" / "models").glob("*.pt"))) == 3 * TINY["folds"]["n"]
+
+
+@pytest.mark.slow
+def test_html_report(workflow_run):
+    workflow_run, _ = workflow_run
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (workflow_run / "report.html").read_text(errors="replace")
+    assert "cv.json" in html and "degraded_rows.csv" in html
+
+
+@pytest.mark.slow
 def test_second_run_does_nothing(workflow_run):
+    workflow_run, _ = workflow_run
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--dry-run")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
@@ -73,6 +131,7 @@ def test_second_run_does_nothing(workflow_run):
 
 @pytest.mark.slow
 def test_adding_a_study_reruns_only_its_shard(workflow_run):
+    workflow_run, _ = workflow_run
     grown = {"synthetic": {**TINY["synthetic"], "n_train": TINY["synthetic"]["n_train"] + 1}}
     (workflow_run / "grown.yaml").write_text(yaml.safe_dump(grown))
     result = snakemake(workflow_run, "--configfile", "grown.yaml", "--dry-run")
@@ -93,3 +152,15 @@ def test_bad_config_fails_with_a_clear_message(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "absent" in output and "does not exist" in output
+
+
+@pytest.mark.slow
+def test_training_parameter_change_reruns_only_training_and_what_follows(workflow_run):
+    workflow_run, _ = workflow_run
+    (workflow_run / "lr.yaml").write_text(yaml.safe_dump({"train": {"lr": 0.001}}))
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", "lr.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    folds = TINY["folds"]["n"]
+    assert planned_jobs(result.stdout) == {
+        "train_parent_run": 1, "train_model": 3 * folds, "cv_eval": 1, "predict_test": 3 * folds,
+        "submission": 1, "cv_report": 1, "all": 1}, result.stdout[-3000:]
