@@ -20,6 +20,8 @@ rule tracking_init:
         tracking=config["mlflow"],
     log:
         "logs/tracking_init.log",
+    benchmark:
+        "results/benchmarks/tracking_init.tsv"
     threads: 1
     resources:
         mem_mb=1000,

@@ -78,6 +78,8 @@ rule cv_report:
         tracking=config["mlflow"],
     log:
         "logs/eval/cv_report.log",
+    benchmark:
+        "results/benchmarks/eval/cv_report.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,6 +1,9 @@
 # Severity classifiers: one job per condition family and fold, out-of-fold evaluation.
 
 TRAIN_GPU = 1 if config["train"]["device"] == "cuda" else 0
+# What a model's training depends on: which families exist (families, all_series_model)
+# decides which jobs run, not how any one of them trains, so it stays out of the params.
+TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("families", "all_series_model")}
 
 
 def model_families():
@@ -25,12 +28,14 @@ rule train_parent_run:
         "results/train/parent_run.json",
     params:
         tracking=config["mlflow"],
-        train=config["train"],
+        train=TRAIN_PARAMS,
         crops=config["crops"],
         folds=config["folds"],
         seed=config["seed"],
     log:
         "logs/train/parent_run.log",
+    benchmark:
+        "results/benchmarks/train/parent_run.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -53,7 +58,7 @@ rule train_model:
         model="results/train/models/{family}_fold{fold}.pt",
         predictions="results/train/oof/{family}_fold{fold}.parquet",
     params:
-        cfg=config["train"],
+        cfg=TRAIN_PARAMS,
         crops=config["crops"],
         seed=config["seed"],
         tracking=config["mlflow"],

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from spinepipe.classify.data import CropDataset, Sample, family_samples, label_targets
+from spinepipe.classify.data import CropDataset, family_samples, label_targets
 from spinepipe.classify.evaluate import fit_temperature, weighted_nll
 from spinepipe.classify.inference import assemble_submission, ensemble, flip_spinal, validate_submission
 from spinepipe.classify.models import SeverityModel
@@ -16,7 +16,7 @@ from spinepipe.classify.pipeline import build_model, predictions_frame
 from spinepipe.classify.training import fit, lr_lambda, severity_loss
 from spinepipe.constants import LABEL_COLUMNS, LEVELS
 from spinepipe.crops.build import build_crops
-from spinepipe.dataset import read_coordinates, read_labels, read_series_descriptions, read_submission
+from spinepipe.dataset import read_coordinates, read_labels, read_series_descriptions
 from spinepipe.metadata import parse_instances, summarize_series
 from spinepipe.metric import labels_to_long, prior_predictions, score
 

@@ -110,6 +110,8 @@ def test_damaged_test_studies_still_get_a_complete_submission(workflow_run):
     assert all(np.isfinite([cv["cv_score"], cv["prior_score"], cv["test_score"]]))
     assert (results / "eval" / "confusion_matrices.png").stat().st_size > 0
     assert len(list((results / "train" / "models").glob("*.pt"))) == 3 * TINY["folds"]["n"]
+    # resume checkpoints serve killed jobs only: finished jobs leave none behind
+    assert not list((results / "train" / "checkpoints").glob("*.pt"))
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 LOGITS = [f"logit_{c}" for c in SUBMISSION_COLUMNS]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -37,7 +37,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, class_weights: np.n
     known = targets >= 0
     if known.sum() < 10:
         return 1.0
-    result = minimize_scalar(lambda log_t: weighted_nll(_softmax(logits[known] / np.exp(log_t)),
+    result = minimize_scalar(lambda log_t: weighted_nll(softmax(logits[known] / np.exp(log_t)),
                                                         targets[known], class_weights),
                              bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
@@ -47,7 +47,7 @@ def to_probabilities(predictions: pl.DataFrame, temperatures: dict[str, float]) 
     """row_id plus the three probabilities, each family's logits divided by its temperature."""
     logits = predictions.select(LOGITS).to_numpy()
     t = np.array([temperatures.get(f, 1.0) for f in predictions["family"].to_list()])[:, None]
-    probs = _softmax(logits / t)
+    probs = softmax(logits / t)
     return predictions.select("row_id", "family", "fold", "views_ok", "views").with_columns(
         *[pl.Series(c, probs[:, k]) for k, c in enumerate(SUBMISSION_COLUMNS)])
 

@@ -10,7 +10,7 @@ import polars as pl
 import torch
 
 from spinepipe.classify.data import CropDataset, family_samples
-from spinepipe.classify.evaluate import LOGITS, _softmax
+from spinepipe.classify.evaluate import LOGITS, softmax
 from spinepipe.classify.pipeline import load_model, predictions_frame
 from spinepipe.classify.training import make_loader
 from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
@@ -60,7 +60,7 @@ def ensemble(predictions: pl.DataFrame, temperatures: dict[str, float],
     """Per row: the weighted mean over fold models of the temperature-scaled probabilities."""
     logits = predictions.select(LOGITS).to_numpy()
     t = np.array([temperatures.get(f, 1.0) for f in predictions["family"].to_list()])[:, None]
-    probs = _softmax(logits / t)
+    probs = softmax(logits / t)
     weights = (np.ones(predictions.height) if fold_weights is None
                else np.array([fold_weights[f] for f in predictions["fold"].to_list()], dtype=np.float64))
     frame = predictions.select("row_id", "family", "views_ok", "views").with_columns(

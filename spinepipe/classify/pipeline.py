@@ -20,6 +20,7 @@ from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict
 from spinepipe.constants import SUBMISSION_COLUMNS
+from spinepipe.localize.training import seed_everything
 from spinepipe.metric import labels_to_long
 from spinepipe.tracking import log_artifact, mlflow_run
 
@@ -59,9 +60,9 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[Severity
 
 
 def family_metric(class_weights: np.ndarray):
-    """Validation figure for checkpoint selection: the metric's weighted log loss averaged
-    with, for spinal outputs, nothing more (the any-severe term needs whole studies and is
-    left to the out-of-fold evaluation)."""
+    """Validation figure for checkpoint selection (``train.select_by: metric``): the
+    competition's weighted log loss of each output, averaged. The any-severe term needs the
+    five spinal levels of a study together and is left to the out-of-fold evaluation."""
     from spinepipe.classify.training import weighted_log_loss
 
     def metric(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -94,6 +95,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     augment = build_augment(cfg["augment"])
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)
+    seed_everything(fold_seed)  # the initial weights too derive from the seed
     model = build_model(family, crop_cfg, cfg)
     fingerprint = hashlib.sha256(json.dumps(
         [family, fold, seed, cfg, crop_cfg, sorted(s.study_id for s in train)], sort_keys=True,
@@ -119,11 +121,12 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                                                                 "family": family, "fold": fold}))
             plot_history(history, folder / "loss_curves.png")
             predicted = logits.argmax(-1)
-            conditions = [r.split("_", 1)[1].rsplit("_", 2)[0] for r in val[0].row_ids] if val else []
-            matrices = {}
-            for k in range(logits.shape[1] if len(logits) else 0):
-                name = conditions[k] if family != "foraminal" and family != "subarticular" else family
-                matrices[name] = confusion(val_targets[:, k], predicted[:, k])
+            matrices = {}  # one per condition: a shared sided model is split by side
+            for i, sample in enumerate(val):
+                for k, row_id in enumerate(sample.row_ids):
+                    condition = row_id.split("_", 1)[1].rsplit("_", 2)[0]
+                    matrices.setdefault(condition, np.zeros((3, 3), dtype=np.int64))
+                    matrices[condition] += confusion(val_targets[i:i + 1, k], predicted[i:i + 1, k])
             if matrices:
                 plot_confusions(matrices, folder / "confusion_matrices.png")
             for path in folder.iterdir():
@@ -133,4 +136,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                 "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
                          "history": history, **summary}}, out_model)
     predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
+    # the epoch checkpoint only serves a killed job; a finished one never resumes from it
+    # (a rerun after a code change must train afresh)
+    checkpoint.unlink(missing_ok=True)
     return summary
