@@ -23,6 +23,7 @@ from spinepipe.metadata import parse_instances, summarize_series
 from spinepipe.xref import slice_reader, stack_geometries
 
 CFG = {"slice_method": "geometric", "slice_image_size": 32, "axial_crop": 32,
+       "decode": {"radius": 3, "search": 0.05},
        "foramen_offset_mm": 21.0}
 
 
