@@ -74,7 +74,9 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
     spacing = dict(series.select("series_id", "pixel_spacing_mm").iter_rows())
     samples: list[PointSample] = []
     if task.startswith("sagittal"):
-        for (series_id, instance), group in wanted.group_by("series_id", "instance_number"):
+        # sorted and order-keeping: the sample order (hence the shuffles) is the same every run
+        for (series_id, instance), group in wanted.sort("study_id", "series_id", "instance_number").group_by(
+                "series_id", "instance_number", maintain_order=True):
             if series_id not in cache:
                 continue
             stack = cache.get(series_id)
@@ -97,7 +99,8 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
     # axial: a crop around the level's cross-referenced point, left and right recess points
     centres = {(r["study_id"], r["level"], r["series_id"]): (r["x"], r["y"], r["instance_number"])
                for r in (xref.iter_rows(named=True) if xref is not None else [])}
-    for (study_id, level, series_id), group in wanted.group_by("study_id", "level", "series_id"):
+    for (study_id, level, series_id), group in wanted.sort("study_id", "level", "series_id").group_by(
+            "study_id", "level", "series_id", maintain_order=True):
         key = (study_id, level, series_id)
         if series_id not in cache or key not in centres:
             continue
@@ -130,7 +133,8 @@ def slice_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, size:
     conditions = TASK_CONDITIONS[task]
     wanted = coordinates.filter(pl.col("condition").is_in(list(conditions)))
     samples = []
-    for (study_id, series_id), group in wanted.group_by("study_id", "series_id"):
+    for (study_id, series_id), group in wanted.sort("study_id", "series_id").group_by(
+            "study_id", "series_id", maintain_order=True):
         if series_id not in cache:
             continue
         stack = cache.get(series_id)
