@@ -18,6 +18,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -r requirements.txt
 	$(BIN)/pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
+	# plain `import timm` on a CPU-only torch (spinepipe/_torchvision_hook.py)
+	$(BIN)/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'spinepipe-torchvision.pth').write_text('import spinepipe._torchvision_hook\\n')"
 	touch $(STAMP)
 
 run: $(STAMP)
