@@ -12,17 +12,11 @@ from importlib.abc import MetaPathFinder
 
 
 class _BeforeTorchvision(MetaPathFinder):
-    busy = False
-
     def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" and not self.busy and "torchvision" not in sys.modules:
-            self.busy = True  # ensure_torchvision_importable itself looks torchvision up
-            try:
-                from spinepipe.torch_compat import ensure_torchvision_importable
+        if name == "torchvision" and "torchvision" not in sys.modules:
+            from spinepipe.torch_compat import ensure_torchvision_importable
 
-                ensure_torchvision_importable()
-            finally:
-                self.busy = False
+            ensure_torchvision_importable()  # re-entry (it looks torchvision up) is a no-op
         return None  # the regular finders do the import
 
 

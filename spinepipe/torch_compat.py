@@ -22,6 +22,7 @@ _SCHEMAS = {
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
 _library: torch.library.Library | None = None  # kept alive: dropping it removes the defs
+_checking = False  # looking torchvision up can re-enter through the start-up import hook
 
 
 def _op_exists(name: str) -> bool:
@@ -52,12 +53,16 @@ def _ops_library_loads() -> bool:
 
 def ensure_torchvision_importable() -> None:
     """Define the torchvision op schemas torchvision needs at import, where they are absent."""
-    global _library
-    if "torchvision" in sys.modules or _library is not None:
+    global _library, _checking
+    if "torchvision" in sys.modules or _library is not None or _checking:
         return
-    missing = [name for name in _SCHEMAS if not _op_exists(name)]
-    if not missing or _ops_library_loads():
-        return
+    _checking = True
+    try:
+        missing = [name for name in _SCHEMAS if not _op_exists(name)]
+        if not missing or _ops_library_loads():
+            return
+    finally:
+        _checking = False
     _library = torch.library.Library("torchvision", "DEF")
     for name in missing:
         _library.define(_SCHEMAS[name])
