@@ -43,6 +43,7 @@ __all__ = [
     "labels_to_long",
     "prior_predictions",
     "score",
+    "weighted_log_loss",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,14 @@ def _normalised_probs(frame: pl.DataFrame) -> np.ndarray:
     return probs / sums
 
 
-def _weighted_multiclass_log_loss(target: np.ndarray, probs: np.ndarray) -> float:
-    """sum_i w_i * -log(clip(p_i[target_i])) / sum_i w_i with the severity weights."""
+def weighted_log_loss(target: np.ndarray, probs: np.ndarray,
+                      class_weights: np.ndarray | None = None) -> float:
+    """sum_i w_i * -log(clip(p_i[target_i])) / sum_i w_i, w the weight of the true class
+    (the competition's severity weights unless ``class_weights`` is given)."""
+    if class_weights is None:
+        class_weights = np.array([SEVERITY_WEIGHTS[k] for k in range(len(SEVERITIES))])
     p_true = np.clip(probs[np.arange(len(target)), target], EPS, 1.0 - EPS)
-    weights = np.array([SEVERITY_WEIGHTS[k] for k in range(len(SEVERITIES))])[target]
+    weights = np.asarray(class_weights, dtype=np.float64)[target]
     return float(np.sum(weights * -np.log(p_true)) / np.sum(weights))
 
 
@@ -211,7 +216,7 @@ def score(labels: pl.DataFrame, predictions: pl.DataFrame) -> dict[str, float]:
             log.warning("no labelled rows for group %r; dropping it from the score", g)
             result[g] = float("nan")
             continue
-        result[g] = _weighted_multiclass_log_loss(target[mask], probs[mask])
+        result[g] = weighted_log_loss(target[mask], probs[mask])
 
     spinal = merged.filter(pl.col("group") == "spinal").select(
         "study_id",

@@ -38,37 +38,43 @@ def init_tracking(tracking: Mapping[str, Any]) -> str:
     return experiment.experiment_id
 
 
+def _param_batches(params: Mapping[str, Any], size: int = 90) -> Iterator[dict[str, str]]:
+    """Flattened params as strings, in batches (mlflow caps the params per call)."""
+    items = [(k, str(v)[:500]) for k, v in flatten(params).items()]
+    for start in range(0, len(items), size):
+        yield dict(items[start:start + size])
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+
+
 @contextlib.contextmanager
 def mlflow_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
-               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-               run_id: str | None = None) -> Iterator[Callable[[dict, int | None], None]]:
-    """Start a run (a child of ``parent_run_id`` when given, or resume ``run_id``), log
-    params; yields ``log_metrics(metrics, step)``. Inside the block, :func:`log_artifact`
-    attaches files to the run."""
+               tags: Mapping[str, str] | None = None,
+               parent_run_id: str | None = None) -> Iterator[Callable[[dict, int | None], None]]:
+    """Start a run (a child of ``parent_run_id`` when given), log params; yields
+    ``log_metrics(metrics, step)``. Inside the block, :func:`log_artifact` attaches files."""
     import mlflow
 
     mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
     mlflow.set_experiment(tracking["experiment"])
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                          tags=dict(tags or {}), parent_run_id=parent_run_id):
-        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-        for start in range(0, len(flat), 90):  # mlflow caps params per call
-            mlflow.log_params(dict(list(flat.items())[start:start + 90]))
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {}), parent_run_id=parent_run_id):
+        for batch in _param_batches(params):
+            mlflow.log_params(batch)
 
         def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-            finite = {k: float(v) for k, v in metrics.items()
-                      if isinstance(v, (int, float)) and v == v}
-            mlflow.log_metrics(finite, step=step)
+            mlflow.log_metrics(_finite(metrics), step=step)
 
         yield log_metrics
 
 
-def log_artifact(path: Path | str, folder: str | None = None) -> None:
+def log_artifact(path: Path | str) -> None:
     """Attach a file to the active run (no-op outside one)."""
     import mlflow
 
     if mlflow.active_run() is not None:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        mlflow.log_artifact(str(path))
 
 
 def start_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
@@ -81,11 +87,8 @@ def start_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping
     experiment = mlflow.set_experiment(tracking["experiment"])
     client = mlflow.MlflowClient()
     run = client.create_run(experiment.experiment_id, run_name=run_name, tags=dict(tags or {}))
-    flat = {k: str(v)[:500] for k, v in flatten(params).items()}
-    items = list(flat.items())
-    for start in range(0, len(items), 90):
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v)
-                                                  for k, v in items[start:start + 90]])
+    for batch in _param_batches(params):
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in batch.items()])
     return run.info.run_id
 
 
@@ -96,8 +99,7 @@ def finish_run(tracking: Mapping[str, Any], run_id: str, metrics: Mapping[str, f
 
     mlflow.set_tracking_uri(_uri(tracking["tracking_uri"]))
     client = mlflow.MlflowClient()
-    finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
-    for key, value in finite.items():
+    for key, value in _finite(metrics).items():
         client.log_metric(run_id, key, value)
     for path in artifacts:
         client.log_artifact(run_id, str(path))

@@ -9,18 +9,16 @@ import pytest
 import torch
 
 from spinepipe.classify.data import CropDataset, family_samples, label_targets
-from spinepipe.classify.evaluate import fit_temperature, weighted_nll
+from spinepipe.classify.evaluate import fit_temperature
 from spinepipe.classify.inference import assemble_submission, ensemble, flip_spinal, validate_submission
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.pipeline import build_model, predictions_frame
 from spinepipe.classify.training import fit, lr_lambda, severity_loss
 from spinepipe.constants import LABEL_COLUMNS, LEVELS
-from spinepipe.crops.build import build_crops
-from spinepipe.dataset import read_coordinates, read_labels, read_series_descriptions
-from spinepipe.metadata import parse_instances, summarize_series
-from spinepipe.metric import labels_to_long, prior_predictions, score
+from spinepipe.dataset import read_labels
+from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
 
-from test_crops import CROP_CFG
+from test_crops import CROP_CFG, crops_from_annotations
 
 TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16, "dropout": 0.0,
              "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
@@ -76,9 +74,10 @@ def test_temperature_scaling_recovers_an_overconfident_model():
     weights = np.array([1.0, 1.0, 1.0])
     t = fit_temperature(true_logits * 3.0, targets, weights)
     assert abs(t - 3.0) < 0.3
-    calibrated = weighted_nll(np.exp(true_logits * 3 / t) / np.exp(true_logits * 3 / t).sum(1, keepdims=True),
-                              targets, weights)
-    raw = weighted_nll(np.exp(true_logits * 3) / np.exp(true_logits * 3).sum(1, keepdims=True), targets, weights)
+    calibrated = weighted_log_loss(
+        targets, np.exp(true_logits * 3 / t) / np.exp(true_logits * 3 / t).sum(1, keepdims=True), weights)
+    raw = weighted_log_loss(targets, np.exp(true_logits * 3) / np.exp(true_logits * 3).sum(1, keepdims=True),
+                            weights)
     assert calibrated < raw
 
 
@@ -94,14 +93,7 @@ def test_spinal_flip_reverses_slices_and_mirrors_only_axial_views():
 def tiny_crops(tiny_dataset, tmp_path_factory):
     dataset, _ = tiny_dataset
     out = tmp_path_factory.mktemp("crops")
-    table = read_series_descriptions(dataset / "train_series_descriptions.csv")
-    instances = parse_instances(dataset / "train_images", table)
-    series = summarize_series(instances, table)
-    coordinates = read_coordinates(dataset / "train_label_coordinates.csv").join(
-        table.select("series_id", "series_description"), on="series_id").with_columns(
-        source=pl.lit("annotated"))
-    studies = sorted(table["study_id"].unique().to_list())
-    index = build_crops(studies, coordinates, instances, series, CROP_CFG, out / "train.npy")
+    index, _ = crops_from_annotations(dataset, out / "train.npy")
     index = index.with_columns(array=pl.lit(str(out / "train.npy")))
     labels = read_labels(dataset / "train.csv")
     return index, labels, out

@@ -125,8 +125,9 @@ CROP_CFG = {"size": 24, "margin": 2, "slices": 1, "extra_slices": 1, "mode": "mm
                              "foraminal": {"sagittal_t1": 0.18}, "subarticular": {"axial_t2": 0.27}}}
 
 
-def test_cache_has_a_row_per_view_and_says_why_one_is_missing(quirky_dataset, tmp_path):
-    dataset, _ = quirky_dataset
+def crops_from_annotations(dataset, array_path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The crop index of every train study of a synthetic dataset, cut around its annotated
+    coordinates into ``array_path``, and its series table."""
     table = read_series_descriptions(dataset / "train_series_descriptions.csv")
     instances = parse_instances(dataset / "train_images", table)
     series = summarize_series(instances, table)
@@ -134,7 +135,13 @@ def test_cache_has_a_row_per_view_and_says_why_one_is_missing(quirky_dataset, tm
         table.select("series_id", "series_description"), on="series_id").with_columns(
         source=pl.lit("annotated"))
     studies = sorted(table["study_id"].unique().to_list())
-    index = build_crops(studies, coordinates, instances, series, CROP_CFG, tmp_path / "crops.npy")
+    return build_crops(studies, coordinates, instances, series, CROP_CFG, array_path), series
+
+
+def test_cache_has_a_row_per_view_and_says_why_one_is_missing(quirky_dataset, tmp_path):
+    dataset, _ = quirky_dataset
+    index, series = crops_from_annotations(dataset, tmp_path / "crops.npy")
+    studies = index["study_id"].unique().to_list()
     assert index.height == len(studies) * 5 * len(VIEWS)
     array = np.load(tmp_path / "crops.npy", mmap_mode="r")
     assert array.shape == (index.height, 5, 28, 28) and array.dtype == np.float16

@@ -10,26 +10,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.optimize import minimize_scalar
+from scipy.special import softmax
 
 from spinepipe.classify.plots import confusion, plot_calibration, plot_confusions
 from spinepipe.constants import CONDITIONS, LEVELS, SUBMISSION_COLUMNS
-from spinepipe.metric import labels_to_long, prior_predictions, score
+from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
 
 log = logging.getLogger(__name__)
 
 LOGITS = [f"logit_{c}" for c in SUBMISSION_COLUMNS]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def weighted_nll(probs: np.ndarray, targets: np.ndarray, class_weights: np.ndarray) -> float:
-    w = class_weights[targets]
-    p = np.clip(probs[np.arange(len(targets)), targets], 1e-15, 1.0)
-    return float(-(w * np.log(p)).sum() / w.sum())
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, class_weights: np.ndarray) -> float:
@@ -37,9 +26,11 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, class_weights: np.n
     known = targets >= 0
     if known.sum() < 10:
         return 1.0
-    result = minimize_scalar(lambda log_t: weighted_nll(softmax(logits[known] / np.exp(log_t)),
-                                                        targets[known], class_weights),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    def loss(log_t: float) -> float:
+        probs = softmax(logits[known] / np.exp(log_t), axis=-1)
+        return weighted_log_loss(targets[known], probs, class_weights)
+
+    result = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
 
 
@@ -47,7 +38,7 @@ def to_probabilities(predictions: pl.DataFrame, temperatures: dict[str, float]) 
     """row_id plus the three probabilities, each family's logits divided by its temperature."""
     logits = predictions.select(LOGITS).to_numpy()
     t = np.array([temperatures.get(f, 1.0) for f in predictions["family"].to_list()])[:, None]
-    probs = softmax(logits / t)
+    probs = softmax(logits / t, axis=-1)
     return predictions.select("row_id", "family", "fold", "views_ok", "views").with_columns(
         *[pl.Series(c, probs[:, k]) for k, c in enumerate(SUBMISSION_COLUMNS)])
 
@@ -63,20 +54,25 @@ def fit_temperatures(predictions: pl.DataFrame, labels: pl.DataFrame,
     return temperatures
 
 
-def _breakdown(probs: pl.DataFrame, labels: pl.DataFrame, class_weights: np.ndarray) -> dict[str, Any]:
+def _labelled(probs: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """Labelled rows joined to their probabilities: the rows, probabilities (N, 3), targets."""
     truth = labels_to_long(labels).filter(pl.col("target").is_not_null())
     joined = truth.join(probs, on="row_id", how="inner")
-    p = joined.select(list(SUBMISSION_COLUMNS)).to_numpy()
-    t = joined["target"].cast(pl.Int64).to_numpy()
+    return (joined, joined.select(list(SUBMISSION_COLUMNS)).to_numpy(),
+            joined["target"].cast(pl.Int64).to_numpy())
+
+
+def _breakdown(probs: pl.DataFrame, labels: pl.DataFrame, class_weights: np.ndarray) -> dict[str, Any]:
+    joined, p, t = _labelled(probs, labels)
     out: dict[str, Any] = {"per_condition": {}, "per_level": {}}
     for condition in CONDITIONS:
         sel = (joined["condition"] == condition).to_numpy()
         if sel.any():
-            out["per_condition"][condition] = weighted_nll(p[sel], t[sel], class_weights)
+            out["per_condition"][condition] = weighted_log_loss(t[sel], p[sel], class_weights)
     for level in LEVELS:
         sel = (joined["level"] == level).to_numpy()
         if sel.any():
-            out["per_level"][level] = weighted_nll(p[sel], t[sel], class_weights)
+            out["per_level"][level] = weighted_log_loss(t[sel], p[sel], class_weights)
     return out
 
 
@@ -114,10 +110,7 @@ def evaluate_oof(predictions: pl.DataFrame, labels: pl.DataFrame, class_weights:
                             "all_series_uncalibrated": score(scored_labels, to_probabilities(all_series, {}))["score"]}
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
-        truth = labels_to_long(scored_labels).filter(pl.col("target").is_not_null())
-        joined = truth.join(probs, on="row_id", how="inner")
-        p = joined.select(list(SUBMISSION_COLUMNS)).to_numpy()
-        t = joined["target"].cast(pl.Int64).to_numpy()
+        joined, p, t = _labelled(probs, scored_labels)
         matrices = {c: confusion(t[sel], p[sel].argmax(-1)) for c in CONDITIONS
                     if (sel := (joined["condition"] == c).to_numpy()).any()}
         plot_confusions(matrices, figures / "confusion_matrices.png")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import numpy as np
 import polars as pl
 import torch
+from scipy.special import softmax
 
 from spinepipe.classify.data import CropDataset, family_samples
-from spinepipe.classify.evaluate import LOGITS, softmax
+from spinepipe.classify.evaluate import LOGITS
 from spinepipe.classify.pipeline import load_model, predictions_frame
 from spinepipe.classify.training import make_loader
 from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
@@ -60,7 +62,7 @@ def ensemble(predictions: pl.DataFrame, temperatures: dict[str, float],
     """Per row: the weighted mean over fold models of the temperature-scaled probabilities."""
     logits = predictions.select(LOGITS).to_numpy()
     t = np.array([temperatures.get(f, 1.0) for f in predictions["family"].to_list()])[:, None]
-    probs = softmax(logits / t)
+    probs = softmax(logits / t, axis=-1)
     weights = (np.ones(predictions.height) if fold_weights is None
                else np.array([fold_weights[f] for f in predictions["fold"].to_list()], dtype=np.float64))
     frame = predictions.select("row_id", "family", "views_ok", "views").with_columns(

@@ -18,7 +18,7 @@ from spinepipe.classify.data import (CropDataset, Sample, build_augment, family_
                                      n_outputs, n_views)
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
-from spinepipe.classify.training import fit, make_loader, predict
+from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
 from spinepipe.constants import SUBMISSION_COLUMNS
 from spinepipe.localize.training import seed_everything
 from spinepipe.metric import labels_to_long
@@ -63,10 +63,8 @@ def family_metric(class_weights: np.ndarray):
     """Validation figure for checkpoint selection (``train.select_by: metric``): the
     competition's weighted log loss of each output, averaged. The any-severe term needs the
     five spinal levels of a study together and is left to the out-of-fold evaluation."""
-    from spinepipe.classify.training import weighted_log_loss
-
     def metric(logits: np.ndarray, targets: np.ndarray) -> float:
-        per_output = [weighted_log_loss(logits[:, k], targets[:, k], class_weights)
+        per_output = [weighted_log_loss_from_logits(logits[:, k], targets[:, k], class_weights)
                       for k in range(logits.shape[1])]
         return float(np.nanmean(per_output))
     return metric

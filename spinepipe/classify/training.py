@@ -76,7 +76,8 @@ def predict(model: SeverityModel, loader: DataLoader, device: torch.device,
     return np.concatenate(logits), np.concatenate(targets), np.concatenate(levels)
 
 
-def weighted_log_loss(logits: np.ndarray, targets: np.ndarray, class_weights: np.ndarray) -> float:
+def weighted_log_loss_from_logits(logits: np.ndarray, targets: np.ndarray,
+                                  class_weights: np.ndarray) -> float:
     """The metric's per-row weighted multiclass log loss over labelled outputs."""
     flat_logits, flat_targets = logits.reshape(-1, 3), targets.reshape(-1)
     known = flat_targets >= 0
@@ -174,7 +175,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         logits, targets, _ = predict(model, val_loader, device, amp)
         probs = torch.from_numpy(logits).softmax(-1).numpy()
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  "val_loss": weighted_log_loss(logits, targets, np_weights),
+                  "val_loss": weighted_log_loss_from_logits(logits, targets, np_weights),
                   "lr": optimizer.param_groups[0]["lr"],
                   "prob_std": float(probs.std(axis=0).mean()) if len(probs) else float("nan"),
                   "epoch_seconds": elapsed, "samples_per_second": seen / max(elapsed, 1e-9),

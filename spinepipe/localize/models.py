@@ -34,10 +34,16 @@ def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _expectation(prob)
 
 
-def _expectation(prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    b, k, h, w = prob.shape
+def _cell_centres(prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y of the map's cell centres in [0, 1]."""
+    h, w = prob.shape[-2:]
     xs = (torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5) / w
     ys = (torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5) / h
+    return xs, ys
+
+
+def _expectation(prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = _cell_centres(prob)
     x = (prob.sum(2) * xs).sum(-1)
     y = (prob.sum(3) * ys).sum(-1)
     return torch.stack([x, y], dim=-1), prob.flatten(2).max(-1).values
@@ -57,8 +63,7 @@ def local_soft_argmax(prob: torch.Tensor, radius: int = 3, search: float | None 
     masked = flat
     if search is not None:
         centre, _ = _expectation(prob)
-        gx = (torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5) / w
-        gy = (torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5) / h
+        gx, gy = _cell_centres(prob)
         d2 = ((gx[None, None, None, :] - centre[..., 0, None, None]) ** 2
               + (gy[None, None, :, None] - centre[..., 1, None, None]) ** 2)
         masked = torch.where(d2.flatten(2) <= search**2, flat, torch.zeros_like(flat))
