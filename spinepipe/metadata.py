@@ -3,14 +3,27 @@
 Headers are read with pixel data deferred, so the parse never decodes an image, yet still
 sees whether pixel data is present and whether the file is long enough to hold it. Every
 file gets a row: unreadable, truncated or pixel-less ones carry a status and a reason.
-Results are cached per study (keyed by the study's file names, sizes and mtimes), so a
-re-run after adding a study parses only the new study's files.
+Every file's geometry is validated before anything uses it (finite position, two unit-length
+orthogonal direction cosines, finite positive pixel spacing): a file that fails gets status
+``bad_geometry`` and the reason. Slices are identified by file and position, never by
+InstanceNumber alone: ``instance_number`` is a key unique within its series (the header's
+InstanceNumber where it is present and unique, else the file name's number, else a new
+number), the header value stays in ``dicom_instance_number`` and ``note`` says what was done.
+
+Results are cached per study under a disposable cache folder (``results/metadata/cache/``):
+each entry is keyed by the study's file names, sizes and mtimes and by a hash of the code that
+parses them, written atomically (temporary file, then rename) and validated on read; a stale,
+foreign or corrupt entry is parsed again and logged, never trusted or fatal. Deleting the
+folder only costs a re-parse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,12 +38,17 @@ from spinepipe.geometry import slice_normal
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 1
 PIXEL_DATA = 0x7FE00010
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Direction cosines: each within this of unit length, and their dot product within this of 0.
+DIRECTION_TOLERANCE = 1e-2
+# Statuses of a file that the pipeline does not use (``ok`` is the only usable one).
+BAD_STATUSES = ("unreadable", "truncated", "no_pixels", "no_geometry", "bad_geometry",
+                "bad_header")
 
 INSTANCE_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.Int64, "series_id": pl.Int64, "instance_number": pl.Int64,
-    "path": pl.String, "file_size": pl.Int64,
+    "dicom_instance_number": pl.Int64, "path": pl.String, "file_size": pl.Int64,
     "ipp_x": pl.Float64, "ipp_y": pl.Float64, "ipp_z": pl.Float64,
     "iop_0": pl.Float64, "iop_1": pl.Float64, "iop_2": pl.Float64,
     "iop_3": pl.Float64, "iop_4": pl.Float64, "iop_5": pl.Float64,
@@ -38,39 +56,121 @@ INSTANCE_SCHEMA: dict[str, pl.DataType] = {
     "slice_thickness": pl.Float64, "spacing_between_slices": pl.Float64,
     "slice_location": pl.Float64, "patient_position": pl.String,
     "rows": pl.Int64, "columns": pl.Int64, "bits_stored": pl.Int64,
-    "dicom_series_description": pl.String, "status": pl.String, "error": pl.String,
+    "dicom_series_description": pl.String, "transfer_syntax": pl.String,
+    "status": pl.String, "error": pl.String, "note": pl.String,
 }
 GEOMETRY_COLUMNS = ["ipp_x", "ipp_y", "ipp_z", "iop_0", "iop_1", "iop_2", "iop_3", "iop_4",
                     "iop_5", "pixel_spacing_row", "pixel_spacing_col"]
 
 
 def _float(ds: pydicom.Dataset, keyword: str, index: int | None = None) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
+    """A numeric header value, None when absent or not a number (NaN stays NaN: it is
+    caught by the geometry validation, which names it)."""
     try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
         return float(value[index] if index is not None else value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+def geometry_problems(ipp: list[float | None], iop: list[float | None],
+                      spacing: list[float | None]) -> list[str]:
+    """What is wrong with one slice's geometry (empty when it can be trusted).
+
+    IOP must hold two unit-length (within DIRECTION_TOLERANCE), orthogonal direction cosines;
+    IPP must be finite; PixelSpacing finite and positive.
+    """
+    problems = []
+    if not all(v is not None and math.isfinite(v) for v in ipp):
+        problems.append(f"ImagePositionPatient not finite {ipp}")
+    if not all(v is not None and math.isfinite(v) for v in iop):
+        problems.append(f"ImageOrientationPatient not finite {iop}")
+    else:
+        row, col = np.array(iop[:3]), np.array(iop[3:])
+        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        if any(abs(n - 1.0) > DIRECTION_TOLERANCE for n in norms):
+            problems.append("ImageOrientationPatient direction cosines of length "
+                            f"{norms[0]:.3g}, {norms[1]:.3g}, not 1")
+        elif abs(float(row @ col)) > DIRECTION_TOLERANCE:
+            problems.append(f"ImageOrientationPatient directions not orthogonal "
+                            f"(dot {float(row @ col):.3g})")
+    if not all(v is not None and math.isfinite(v) and v > 0 for v in spacing):
+        problems.append(f"PixelSpacing not finite and positive {spacing}")
+    return problems
+
+
+def _pixel_data_problem(ds: pydicom.Dataset, row: dict[str, Any], size: int) -> tuple[str, str] | None:
+    """(status, reason) when the file cannot hold its pixel data, None when it can."""
+    if PIXEL_DATA not in ds:
+        return "no_pixels", "no PixelData element"
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)  # raw: offset and length, no read
+    length = getattr(element, "length", None)
+    tell = getattr(element, "value_tell", None)
+    bits = _int(ds, "BitsAllocated") or 16
+    expected = ((row["rows"] or 0) * (row["columns"] or 0) * (_int(ds, "SamplesPerPixel") or 1)
+                * (_int(ds, "NumberOfFrames") or 1) * bits // 8)
+    undefined = length in (None, 0xFFFFFFFF)  # encapsulated (compressed) pixel data
+    # A deflated file's offsets count in the inflated stream, not in the file on disk.
+    on_disk = row["transfer_syntax"] != DEFLATED
+    if on_disk and tell is not None and not undefined and tell + length > size:
+        return "truncated", f"PixelData needs {length} bytes from offset {tell}, file has {size}"
+    if not undefined and length is not None and length < expected:
+        return "truncated", (f"PixelData holds {length} bytes, "
+                             f"{row['rows']}x{row['columns']} needs {expected}")
+    return None
 
 
 def read_instance_header(path: Path, study_id: int, series_id: int) -> dict[str, Any]:
-    """Header of one file; never raises: problems become ``status`` and ``error``."""
+    """Header of one file; never raises: problems become ``status`` and ``error``.
+
+    ``instance_number`` here is the header's InstanceNumber (or the file name's number when
+    the header has none); :func:`assign_instance_keys` makes it unique within the series.
+    """
     row: dict[str, Any] = {key: None for key in INSTANCE_SCHEMA}
     row.update(study_id=study_id, series_id=series_id, path=str(path), status="ok")
     try:
         size = path.stat().st_size
         row["file_size"] = size
         ds = pydicom.dcmread(path, defer_size=256)
+        row["transfer_syntax"] = str(ds.file_meta.get("TransferSyntaxUID", "")) or None
+        _fill_header_values(ds, row)
+        problem = _pixel_data_problem(ds, row, size)
     except Exception as error:  # pydicom raises many kinds for broken files
         row.update(status="unreadable", error=f"{type(error).__name__}: {error}"[:300])
         return row
-    try:
-        row["instance_number"] = int(ds.InstanceNumber) if "InstanceNumber" in ds else None
-    except (TypeError, ValueError):
-        row["instance_number"] = None
-    if row["instance_number"] is None and path.stem.isdigit():
-        row["instance_number"] = int(path.stem)
+    if problem is not None:
+        row.update(status=problem[0], error=problem[1])
+    elif row["rows"] is None or row["columns"] is None or not (row["rows"] > 0 and row["columns"] > 0):
+        row.update(status="bad_header", error=f"Rows/Columns missing or invalid "
+                                              f"({row['rows']}, {row['columns']})")
+    elif any(row[c] is None for c in GEOMETRY_COLUMNS):
+        missing = [c for c in GEOMETRY_COLUMNS if row[c] is None]
+        row.update(status="no_geometry", error=f"missing or invalid {', '.join(missing)}")
+    elif problems := geometry_problems([row[f"ipp_{a}"] for a in "xyz"],
+                                       [row[f"iop_{i}"] for i in range(6)],
+                                       [row["pixel_spacing_row"], row["pixel_spacing_col"]]):
+        row.update(status="bad_geometry", error="bad_geometry: " + "; ".join(problems))
+    return row
+
+
+def _fill_header_values(ds: pydicom.Dataset, row: dict[str, Any]) -> None:
+    row["dicom_instance_number"] = _int(ds, "InstanceNumber")
+    stem = Path(row["path"]).stem
+    row["instance_number"] = (row["dicom_instance_number"] if row["dicom_instance_number"] is not None
+                              else int(stem) if stem.isdigit() else None)
     for axis, name in enumerate("xyz"):
         row[f"ipp_{name}"] = _float(ds, "ImagePositionPatient", axis)
     for i in range(6):
@@ -80,53 +180,128 @@ def read_instance_header(path: Path, study_id: int, series_id: int) -> dict[str,
     row["slice_thickness"] = _float(ds, "SliceThickness")
     row["spacing_between_slices"] = _float(ds, "SpacingBetweenSlices")
     row["slice_location"] = _float(ds, "SliceLocation")
-    row["patient_position"] = str(ds.get("PatientPosition", "")) or None
-    row["dicom_series_description"] = str(ds.get("SeriesDescription", "")) or None
-    for key, keyword in (("rows", "Rows"), ("columns", "Columns"), ("bits_stored", "BitsStored")):
-        value = ds.get(keyword)
-        row[key] = int(value) if value is not None else None
+    row["patient_position"] = str(ds.get("PatientPosition", "") or "") or None
+    row["dicom_series_description"] = str(ds.get("SeriesDescription", "") or "") or None
+    row["rows"], row["columns"] = _int(ds, "Rows"), _int(ds, "Columns")
+    row["bits_stored"] = _int(ds, "BitsStored")
 
-    if PIXEL_DATA not in ds:
-        row.update(status="no_pixels", error="no PixelData element")
-    else:
-        element = ds.get_item(PIXEL_DATA, keep_deferred=True)  # raw: offset and length, no read
-        length = getattr(element, "length", None)
-        tell = getattr(element, "value_tell", None)
-        expected = ((row["rows"] or 0) * (row["columns"] or 0) * int(ds.get("BitsAllocated", 16)) // 8)
-        undefined = length in (None, 0xFFFFFFFF)  # encapsulated (compressed) pixel data
-        if tell is not None and not undefined and tell + length > size:
-            row.update(status="truncated", error=f"PixelData needs {length} bytes from offset "
-                                                  f"{tell}, file has {size}")
-        elif not undefined and length is not None and length < expected:
-            row.update(status="truncated", error=f"PixelData holds {length} bytes, "
-                                                  f"{row['rows']}x{row['columns']} needs {expected}")
-    if row["status"] == "ok" and any(row[c] is None for c in GEOMETRY_COLUMNS):
-        missing = [c for c in GEOMETRY_COLUMNS if row[c] is None]
-        row.update(status="no_geometry", error=f"missing or invalid {', '.join(missing)}")
-    return row
+
+def assign_instance_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    """Make ``instance_number`` unique within each series, so a slice is one file.
+
+    A header InstanceNumber used once in its series is kept. Of files sharing a number, the
+    one whose file name is that number keeps it (the competition names files by instance
+    number), else the first by path; the others, and files without a number, take their
+    file name's number when it is free, else a new number above every number in the series.
+    ``note`` records every change. Only usable (``ok``) files are keyed: the others are
+    never read again.
+    """
+    if frame.is_empty():
+        return frame
+    out = [frame.filter(pl.col("status") != "ok")]  # unusable files: their status says why
+    for (_,), series in (frame.filter(pl.col("status") == "ok").sort("path")
+                         .group_by("series_id", maintain_order=True)):
+        numbers = series["instance_number"].to_list()
+        if None not in numbers and len(set(numbers)) == len(numbers):
+            out.append(series)
+            continue
+        paths = series["path"].to_list()
+        stems = [int(Path(p).stem) if Path(p).stem.isdigit() else None for p in paths]
+        keys: list[int | None] = [None] * len(paths)
+        taken: set[int] = set()
+        for i, n in enumerate(numbers):  # files named by their own number first
+            if n is not None and stems[i] == n and n not in taken:
+                keys[i] = n
+                taken.add(n)
+        for i, n in enumerate(numbers):
+            if keys[i] is None and n is not None and n not in taken and numbers.count(n) == 1:
+                keys[i] = n
+                taken.add(n)
+        next_free = max([v for v in numbers + stems if v is not None], default=0) + 1
+        notes = series["note"].to_list()
+        for i in range(len(paths)):
+            if keys[i] is not None:
+                continue
+            if stems[i] is not None and stems[i] not in taken:
+                keys[i] = stems[i]
+            else:
+                while next_free in taken:
+                    next_free += 1
+                keys[i] = next_free
+            taken.add(keys[i])
+            why = ("no InstanceNumber" if numbers[i] is None
+                   else f"InstanceNumber {numbers[i]} shared with another file")
+            notes[i] = f"{why}: slice keyed as instance {keys[i]}"
+            log.warning("%s: %s", paths[i], notes[i])
+        out.append(series.with_columns(instance_number=pl.Series(keys, dtype=pl.Int64),
+                                       note=pl.Series(notes, dtype=pl.String)))
+    return pl.concat(out).sort("series_id", "path")
+
+
+def _code_fingerprint() -> str:
+    """Hash of the code a cache entry depends on: this module, the modules it imports and
+    the pydicom version, so a code change invalidates the cache without a hand-bumped
+    version."""
+    import spinepipe.constants
+    import spinepipe.geometry
+
+    digest = hashlib.sha256(pydicom.__version__.encode())
+    for module_file in (__file__, spinepipe.constants.__file__, spinepipe.geometry.__file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()
+
+
+CODE_FINGERPRINT = _code_fingerprint()
 
 
 def _study_fingerprint(files: list[Path]) -> str:
     stats = [(f"{p.parent.name}/{p.name}", p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return json.dumps([PARSER_VERSION, stats])
+    return json.dumps([CODE_FINGERPRINT, stats])
+
+
+def _read_cache(cache: Path, fingerprint: str) -> pl.DataFrame | None:
+    """The cached rows when the entry is intact, current and of the current schema."""
+    if not cache.is_file():
+        return None
+    try:
+        if pl.read_parquet_metadata(cache).get("fingerprint") != fingerprint:
+            return None
+        cached = pl.read_parquet(cache)
+    except Exception as error:  # a truncated or foreign file: parse again
+        log.warning("metadata cache %s is unreadable (%s): parsing the study again", cache,
+                    f"{type(error).__name__}: {error}"[:200])
+        return None
+    if dict(cached.schema) != INSTANCE_SCHEMA:
+        log.warning("metadata cache %s has another schema: parsing the study again", cache)
+        return None
+    return cached
+
+
+def _write_cache(frame: pl.DataFrame, cache: Path, fingerprint: str) -> None:
+    """Atomic: a job killed while writing leaves a temporary file, never a broken entry."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        frame.write_parquet(tmp, metadata={"fingerprint": fingerprint})
+        os.replace(tmp, cache)
+    except OSError as error:  # the cache is an optimisation: never fail the parse for it
+        log.warning("metadata cache %s not written (%s)", cache, error)
+        tmp.unlink(missing_ok=True)
 
 
 def parse_study(study_dir: Path, series_ids: Iterable[int], cache_dir: Path | None) -> pl.DataFrame:
     """Instance rows of one study (listed series only), reusing the cache when unchanged."""
     study_id = int(study_dir.name)
-    series_ids = sorted(series_ids)
+    series_ids = sorted(set(series_ids))
     files = sorted(p for s in series_ids for p in (study_dir / str(s)).glob("*.dcm"))
     fingerprint = _study_fingerprint(files)
     cache = cache_dir / f"{study_id}.parquet" if cache_dir else None
-    if cache is not None and cache.is_file():
-        cached = pl.read_parquet(cache)
-        if pl.read_parquet_metadata(cache).get("fingerprint") == fingerprint:
-            return cached
+    if cache is not None and (cached := _read_cache(cache, fingerprint)) is not None:
+        return cached
     rows = [read_instance_header(p, study_id, int(p.parent.name)) for p in files]
-    frame = pl.DataFrame(rows, schema=INSTANCE_SCHEMA)
+    frame = assign_instance_keys(pl.DataFrame(rows, schema=INSTANCE_SCHEMA))
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(cache, metadata={"fingerprint": fingerprint})
+        _write_cache(frame, cache, fingerprint)
     return frame
 
 
@@ -152,6 +327,7 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
     "rows": pl.Int64, "columns": pl.Int64, "pixel_spacing_mm": pl.Float64,
     "slice_thickness_mm": pl.Float64, "patient_position": pl.String,
     "missing_folder": pl.Boolean, "geometry_ok": pl.Boolean, "geometry_error": pl.String,
+    "n_renumbered": pl.Int64, "defects": pl.String,
 }
 ORIENTATION_TOLERANCE_DEG = 1.0
 
@@ -185,8 +361,12 @@ def summarize_one_series(study_id: int, series_id: int, description: str | None,
                missing_folder=rows.height == 0, geometry_ok=False)
     ok = rows.filter(pl.col("status") == "ok")
     out["n_ok"], out["n_bad"] = ok.height, rows.height - ok.height
+    out["n_renumbered"] = int(rows["note"].is_not_null().sum()) if rows.height else 0
+    defects = _file_defects(rows) if rows.height else []
+    out["defects"] = "; ".join(defects) or None
     if ok.height == 0:
-        out["geometry_error"] = "no readable slice" if rows.height else "no files"
+        out["geometry_error"] = (f"no usable slice: {defects[0]}" if defects and rows.height
+                                 else "no readable slice" if rows.height else "no files")
         return out
     iop = ok.select([f"iop_{i}" for i in range(6)]).to_numpy()
     normals = slice_normal(iop)
@@ -226,13 +406,31 @@ def summarize_one_series(study_id: int, series_id: int, description: str | None,
     problems = []
     if duplicates:
         problems.append("two slices at the same position")
-    if ok["pixel_spacing_row"].n_unique() > 1 and ok["pixel_spacing_row"].std() > 1e-3:
+    if any(ok[c].n_unique() > 1 and ok[c].std() > 1e-3
+           for c in ("pixel_spacing_row", "pixel_spacing_col")):
         problems.append("pixel spacing varies across slices")
     if not out["known_description"]:
         problems.append(f"unknown series description {description!r}")
     out["geometry_error"] = "; ".join(problems) or None
     out["geometry_ok"] = not problems
     return out
+
+
+def _file_defects(rows: pl.DataFrame) -> list[str]:
+    """What is wrong with some files of a series, in words (empty when nothing is)."""
+    defects = []
+    bad = rows.filter(pl.col("status") != "ok")
+    if bad.height:
+        counts = ", ".join(f"{n} {status}" for status, n in
+                           bad.group_by("status").len().sort("status").iter_rows())
+        first = bad.sort("path").row(0, named=True)
+        defects.append(f"{bad.height} of {rows.height} files unusable ({counts}; "
+                       f"{Path(first['path']).name}: {first['error']})")
+    renumbered = rows.filter(pl.col("note").is_not_null())
+    if renumbered.height:
+        defects.append(f"{renumbered.height} slices keyed by file, not InstanceNumber "
+                       f"({renumbered['note'][0]})")
+    return defects
 
 
 def summarize_series(instances: pl.DataFrame, series_table: pl.DataFrame) -> pl.DataFrame:

@@ -85,7 +85,9 @@ def level_points(points: pl.DataFrame, geometries: dict[int, StackGeometry]) -> 
                 mid = (left[0] + right[0]) / 2.0
                 var_canal = geometries[canal[1]].spacing ** 2 / 12.0
                 var_mid = geometries[left[1]].spacing ** 2 / 24.0
-                weight = var_canal / (var_canal + var_mid)
+                # a single-slice series has no spacing: then trust whichever has one
+                total = var_canal + var_mid
+                weight = var_canal / total if total > 0 else 0.5
                 point += weight * ((mid - point) @ normal) * normal
                 source = "spinal+foraminal_midline"
         elif left is not None and right is not None:

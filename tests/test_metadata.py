@@ -102,7 +102,8 @@ def test_bad_files_are_recorded_with_a_reason(quirky_dataset, tmp_path):
     assert by_id[int(broken["truncated"].parent.name)]["geometry_ok"]
     unreadable_series = [r for r in series.iter_rows(named=True) if r["n_files"] and r["n_ok"] == 0]
     assert unreadable_series and not unreadable_series[0]["geometry_ok"]
-    assert unreadable_series[0]["geometry_error"] == "no readable slice"
+    assert unreadable_series[0]["geometry_error"].startswith("no usable slice: ")
+    assert "unreadable" in unreadable_series[0]["geometry_error"]
     absent = [r for r in series.iter_rows(named=True) if r["missing_folder"]]
     assert len(absent) == 1 and absent[0]["geometry_error"] == "no files"
     assert len(ids) == series.height
