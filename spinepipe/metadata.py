@@ -368,6 +368,8 @@ def summarize_one_series(study_id: int, series_id: int, description: str | None,
         out["geometry_error"] = (f"no usable slice: {defects[0]}" if defects and rows.height
                                  else "no readable slice" if rows.height else "no files")
         return out
+    if ok.height == 1:  # usable, but no neighbour slices and no slice spacing
+        out["defects"] = "; ".join(defects + ["a single usable slice"])
     iop = ok.select([f"iop_{i}" for i in range(6)]).to_numpy()
     normals = slice_normal(iop)
     normals *= np.sign(normals @ normals[0])[:, None]  # one orientation sign for the series

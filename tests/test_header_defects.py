@@ -161,6 +161,7 @@ def test_single_slice_sagittal_series_do_not_crash_the_cross_reference(tiny_data
     xref = axial_cross_reference(points, series, geometries)
     assert points.height > 0 and np.isfinite(points.select("x_mm", "y_mm", "z_mm").to_numpy()).all()
     assert xref.height > 0
+    assert "a single usable slice" in series.filter(pl.col("series_description") == SAGITTAL_T1)["defects"][0]
 
 
 def test_a_corrupt_cache_entry_is_parsed_again(one_study, tmp_path):

@@ -101,17 +101,25 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
     submission = pl.DataFrame({"row_id": row_ids, **{c: probs[:, k] for k, c in enumerate(SUBMISSION_COLUMNS)}})
 
     statuses = _missing_views(crop_index)
-    reasons_by_study = {}
+    lost = _lost_slices(crop_index)
+    reasons_by_study: dict[int, list[tuple[str | None, str]]] = {}
     if unlocalized is not None and unlocalized.height:
         for r in unlocalized.iter_rows(named=True):
-            reasons_by_study.setdefault(r["study_id"], []).append(str(r["reason"]))
+            reasons_by_study.setdefault(r["study_id"], []).append(
+                (r.get("series_description"), str(r["reason"])))
     problems = _series_problems(series)
     degraded = []
     for i, row_id in enumerate(row_ids):
         study, rest = row_id.split("_", 1)
         condition, level = rest.rsplit("_", 2)[0], "_".join(rest.rsplit("_", 2)[1:])
-        missing = statuses.get((int(study), level, CONDITION_FAMILY[condition], _side(condition)), [])
-        context = "; ".join(reasons_by_study.get(int(study), []))
+        family, side = CONDITION_FAMILY[condition], _side(condition)
+        descriptions = FAMILY_DESCRIPTIONS[family]
+        missing = statuses.get((int(study), level, family, side), [])
+        series_notes = [p for description, p in problems.get(int(study), []) if description in descriptions]
+        slice_notes = [f"{view}: {why}" for view in FAMILY_INPUTS[family][side]
+                       if (why := lost.get((int(study), level, view)))]
+        context = [why for description, why in reasons_by_study.get(int(study), [])
+                   if description is None or description in descriptions]
         if merged["views"][i] is None:
             reason = "no prediction for this row (study absent from the test crops)"
         elif not finite[i]:
@@ -120,15 +128,16 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
             reason = "no view could be cut: " + ", ".join(missing)
         elif views_ok[i] < views[i]:
             reason = "predicted without " + ", ".join(missing)
-        elif (study_problems := [p for description, p in problems.get(int(study), [])
-                                 if description in FAMILY_DESCRIPTIONS[CONDITION_FAMILY[condition]]]):
-            reason = "predicted from the readable slices: " + "; ".join(study_problems)
+        elif series_notes or slice_notes:
+            reason = "predicted from the readable slices"
         else:
             continue
-        if context:
-            reason += f" ({context})"
-        degraded.append({"row_id": row_id, "reason": reason[:500],
-                         "fallback": "model (other series)" if use_model[i] else "prior"})
+        details = series_notes + slice_notes + context
+        if details:
+            reason += " (" + "; ".join(dict.fromkeys(details)) + ")"
+        fallback = ("prior" if not use_model[i] else "model (other series)"
+                    if views_ok[i] < views[i] else "model (readable slices)")
+        degraded.append({"row_id": row_id, "reason": reason[:1000], "fallback": fallback})
     return submission, pl.DataFrame(degraded, schema=DEGRADED_SCHEMA)
 
 
@@ -137,15 +146,30 @@ FAMILY_DESCRIPTIONS = {family: {VIEWS[v].series_description for views in FAMILY_
 
 
 def _series_problems(series: pl.DataFrame | None) -> dict[int, list[tuple[str, str]]]:
-    """study -> (series description, what is wrong) for series with unreadable files."""
+    """study -> (series description, what is wrong) for every series that is unusable or was
+    used despite a defect (unusable files, slices keyed by file, ...; series.parquet)."""
     out: dict[int, list[tuple[str, str]]] = {}
     if series is None:
         return out
-    for r in series.filter(pl.col("n_bad") > 0).iter_rows(named=True):
-        out.setdefault(r["study_id"], []).append(
-            (r["series_description"], f"{r['series_description']} series {r['series_id']}: "
-                                      f"{r['n_bad']} of {r['n_files']} files unreadable"))
+    for r in series.iter_rows(named=True):
+        what = r["geometry_error"] if not r["geometry_ok"] else r.get("defects")
+        if not what and r["n_bad"]:
+            what = f"{r['n_bad']} of {r['n_files']} files unusable"
+        if what:
+            out.setdefault(r["study_id"], []).append(
+                (r["series_description"], f"{r['series_description']} series {r['series_id']}: {what}"))
     return out
+
+
+def _lost_slices(crop_index: pl.DataFrame) -> dict[tuple[int, str, str], str]:
+    """(study, level, view) -> which slices of its series could not be decoded."""
+    if "lost_slices" not in crop_index.columns:
+        return {}
+    lost = crop_index.filter(pl.col("lost_slices").fill_null(0) > 0)
+    return {(r["study_id"], r["level"], r["view"]):
+            f"{r['lost_slices']} slices of series {r['series_id']} could not be decoded"
+            + (f" ({r['lost_reason']})" if r.get("lost_reason") else "")
+            for r in lost.iter_rows(named=True)}
 
 
 def _side(condition: str) -> str:
