@@ -8,6 +8,7 @@ from snakemake.utils import min_version, validate
 import yaml
 
 from spinepipe.config import ConfigError, check_semantics, deep_update
+from spinepipe.preflight import preflight
 
 min_version("9.0")
 
@@ -20,6 +21,11 @@ config.update(_merged)
 validate(config, "spinepipe/schemas/config.schema.yaml")
 try:
     check_semantics(config, Path(workflow.basedir))
+    # names and files the config refers to (timm backbones, albumentations transforms,
+    # weights, the tracking store, a real data_dir's CSVs), resolved before any job; only
+    # in the main process, not again in every job a cluster runs
+    if workflow.is_main_process:
+        preflight(config, Path.cwd())
 except ConfigError as error:
     raise WorkflowError(str(error))
 

@@ -89,7 +89,8 @@ rule train_localizer:
         folds="results/folds.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
         tracking="results/tracking/experiment.txt",
-        code=code("localize/models", "localize/samples", "localize/training", "localize/pipeline"),
+        code=code("localize/models", "localize/samples", "localize/training", "localize/pipeline",
+                  "checkpoints"),
     output:
         model="results/localize/models/{kind}_{task}_fold{fold}.pt",
     params:
@@ -120,7 +121,7 @@ rule localize:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         folds="results/folds.parquet",
-        code=code("localize/inference", "localize/pipeline", "xref"),
+        code=code("localize/inference", "localize/pipeline", "xref", "checkpoints"),
     output:
         predictions="results/localize/predictions_{split}.parquet",
         reasons="results/localize/unlocalized_{split}.csv",

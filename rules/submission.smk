@@ -10,7 +10,8 @@ rule predict_test:
     input:
         model="results/train/models/{family}_fold{fold}.pt",
         index="results/crops/test/index.parquet",
-        code=code("classify/inference", "classify/data", "classify/models", "classify/pipeline"),
+        code=code("classify/inference", "classify/data", "classify/models", "classify/pipeline",
+                  "checkpoints"),
     output:
         "results/predict/{family}_fold{fold}.parquet",
     params:

@@ -53,7 +53,7 @@ rule train_model:
         folds="results/folds.parquet",
         parent="results/train/parent_run.json",
         code=code("classify/data", "classify/models", "classify/training", "classify/pipeline",
-                  "crops/views"),
+                  "crops/views", "checkpoints"),
     output:
         model="results/train/models/{family}_fold{fold}.pt",
         predictions="results/train/oof/{family}_fold{fold}.parquet",

@@ -2,7 +2,10 @@
 
 The JSON schema (``schemas/config.schema.yaml``) catches types, unknown keys and negative
 counts; :func:`check_semantics` catches what a schema cannot express (ranges given upside
-down, priors that do not sum to one, a data folder that does not exist).
+down, priors that do not sum to one, a data folder that does not exist). What the config
+names outside itself (timm backbones, albumentations transforms, weights files, the tracking
+store, a real data folder's CSVs) is resolved by :mod:`spinepipe.preflight`, which the
+workflow runs right after these checks, before any job.
 """
 
 from __future__ import annotations

@@ -122,9 +122,13 @@ def test_resumed_training_equals_uninterrupted(tiny_crops, tmp_path):
                    checkpoint=checkpoint, fingerprint="same", log_metrics=log_metrics)
 
     straight, history = run(tmp_path / "a.pt")
-    with pytest.raises(Killed):  # killed at the end of the third epoch, before its checkpoint
-        run(tmp_path / "b.pt", kill_at(2))
-    resumed, resumed_history = run(tmp_path / "b.pt")
+    # killed while logging the second epoch's figures (its checkpoint is written before
+    # them): the resumed run trains only the third epoch
+    with pytest.raises(Killed):
+        run(tmp_path / "b.pt", kill_at(1))
+    logged = []
+    resumed, resumed_history = run(tmp_path / "b.pt", lambda metrics, epoch: logged.append(epoch))
+    assert logged == [2]
     assert [h["epoch"] for h in resumed_history] == [0, 1, 2]
     assert resumed_history[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-5)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):

@@ -4,6 +4,7 @@ and a torch Dataset that reads them from the memory-mapped arrays (no DICOM deco
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,17 +85,35 @@ def label_targets(labels_long: pl.DataFrame) -> dict[str, int]:
     return dict(zip(known["row_id"].to_list(), known["target"].cast(pl.Int64).to_list()))
 
 
+def build_transform(spec: dict[str, Any], where: str = "train.augment") -> A.BasicTransform:
+    """One albumentations transform from a config entry ``{name: ..., **kwargs}``; an
+    unknown name, an unknown keyword (albumentations only warns about those) or a rejected
+    value is a ValueError naming ``where`` and the transform."""
+    name = spec.get("name")
+    transform = getattr(A, str(name), None)
+    if not (isinstance(transform, type) and issubclass(transform, A.BasicTransform)):
+        raise ValueError(f"{where}: albumentations has no transform {name!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            built = transform(**kwargs)
+        except Exception as error:  # noqa: BLE001 - pydantic, TypeError, ValueError alike
+            raise ValueError(f"{where} ({name}): {' '.join(str(error).split())[:500]}") from error
+    rejected = [str(w.message) for w in caught if "not valid for transform" in str(w.message)]
+    if rejected:
+        raise ValueError(f"{where} ({name}): {'; '.join(rejected)}")
+    for w in caught:  # anything else albumentations had to say is passed on
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return built
+
+
 def build_augment(specs: list[dict[str, Any]]) -> A.Compose | None:
-    """An albumentations pipeline from config entries ``{name: ..., **kwargs}``."""
+    """An albumentations pipeline from config entries ``{name: ..., **kwargs}``; a bad entry
+    is a ValueError naming ``train.augment[i]`` and the transform."""
     if not specs:
         return None
-    transforms = []
-    for spec in specs:
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        if not hasattr(A, spec["name"]):
-            raise ValueError(f"train.augment: albumentations has no transform {spec['name']!r}")
-        transforms.append(getattr(A, spec["name"])(**kwargs))
-    return A.Compose(transforms)
+    return A.Compose([build_transform(spec, f"train.augment[{i}]") for i, spec in enumerate(specs)])
 
 
 class CropDataset(Dataset):

@@ -14,6 +14,7 @@ import polars as pl
 import torch
 import yaml
 
+from spinepipe import checkpoints
 from spinepipe.classify.data import (CropDataset, Sample, build_augment, family_samples, label_targets,
                                      n_outputs, n_views)
 from spinepipe.classify.models import SeverityModel
@@ -52,7 +53,7 @@ def build_model(family: str, crop_cfg: dict[str, Any], cfg: dict[str, Any]) -> S
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[SeverityModel, dict[str, Any]]:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoints.load(path)
     meta = saved["meta"]
     model = build_model(meta["family"], meta["crops"], meta["train"] | {"weights": ""})
     model.load_state_dict(saved["state_dict"])
@@ -112,6 +113,11 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
         best = min(history, key=lambda h: h["val_metric" if cfg["select_by"] == "metric" else "val_loss"])
         summary = {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                    "best_val_metric": best.get("val_metric", float("nan"))}
+        # the outputs first, then the tracking store (best effort: it never loses them)
+        checkpoints.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                          "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
+                                   "history": history, **summary}}, out_model)
+        predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
         log_metrics(summary, None)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -129,11 +135,6 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                 plot_confusions(matrices, folder / "confusion_matrices.png")
             for path in folder.iterdir():
                 log_artifact(path)
-    out_model.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
-                         "history": history, **summary}}, out_model)
-    predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
     # the epoch checkpoint only serves a killed job; a finished one never resumes from it
     # (a rerun after a code change must train afresh)
     checkpoint.unlink(missing_ok=True)

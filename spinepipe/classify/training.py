@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from spinepipe import checkpoints
 from spinepipe.classify.data import CropDataset
 from spinepipe.classify.models import SeverityModel
 from spinepipe.localize.training import seed_everything
@@ -112,8 +112,9 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     """Train, keep the best epoch by validation loss or ``metric`` (lower is better), and
     return the model at its best epoch with the per-epoch history.
 
-    ``checkpoint`` receives the state after every epoch; when it exists with the same
-    ``fingerprint`` (config and data), training resumes after its last finished epoch.
+    ``checkpoint`` receives the state after every epoch, before the epoch's figures go to
+    ``log_metrics``; when it exists with the same ``fingerprint`` (config and data), training
+    resumes after its last finished epoch. It is read weights-only (no unpickling).
     """
     seed_everything(seed)
     amp = device.type == "cuda"
@@ -129,14 +130,14 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     start, history, best = 0, [], {"score": float("inf"), "epoch": -1, "state": None}
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = checkpoints.load(checkpoint)  # on the CPU: the RNG state must stay there
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             start, history, best = state["epoch"] + 1, state["history"], state["best"]
-            torch.set_rng_state(state["torch_rng"])
+            checkpoints.set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
             log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
         else:
             log.info("%s belongs to another configuration; starting afresh", checkpoint)
@@ -191,15 +192,14 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                          for k, v in record.items()})
+        # the resume state first, then the tracking store: a tracking failure (or a kill
+        # while logging) never costs a finished epoch
+        checkpoints.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "scaler": scaler.state_dict(), "history": history, "best": best,
+                          "rng": checkpoints.rng_state()}, checkpoint)
         if log_metrics is not None:
             log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        partial = checkpoint.with_suffix(".tmp")
-        torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "history": history, "best": best,
-                    "torch_rng": torch.get_rng_state()}, partial)
-        os.replace(partial, checkpoint)  # a kill mid-write never leaves a broken checkpoint
     model.load_state_dict(best["state"])
     log.info("best epoch %d (%s %.4f)", best["epoch"], cfg["select_by"], best["score"])
     return model, history

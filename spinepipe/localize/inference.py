@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from spinepipe import checkpoints
 from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
@@ -47,17 +48,17 @@ class FoldModels:
 
 
 def load_models(paths: dict[str, list[Path]]) -> dict[str, FoldModels]:
-    """``paths``: '{kind}_{task}' -> checkpoint files (one per fold)."""
+    """``paths``: '{kind}_{task}' -> checkpoint files (one per fold), read weights-only."""
     models: dict[str, FoldModels] = {}
     for task in TASKS:
         point, slices = [], []
         for path in paths.get(f"point_{task}", []):
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = checkpoints.load(path)
             model = PointModel(ckpt["meta"]["backbone"], POINTS_PER_TASK[task])
             model.load_state_dict(ckpt["state_dict"])
             point.append(model.eval())
         for path in paths.get(f"slice_{task}", []):
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = checkpoints.load(path)
             model = SliceModel(ckpt["meta"]["backbone"], SLICE_TARGETS[task])
             model.load_state_dict(ckpt["state_dict"])
             slices.append(model.eval())

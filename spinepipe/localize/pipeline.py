@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from spinepipe.checkpoints import load as load_checkpoint
 from spinepipe.localize.inference import StudyLocalizer, load_models, localize_split
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache
@@ -46,8 +47,9 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
             model, metrics = train_point_model(train, val, POINTS_PER_TASK[task], model_cfg, log_metrics)
         else:
             model, metrics = train_slice_model(train, val, SLICE_TARGETS[task], model_cfg, log_metrics)
-    save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
-                                 "fold": fold, "metrics": metrics})
+        # written before the run is closed: the tracking store never costs the model
+        save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
+                                     "fold": fold, "metrics": metrics})
     return metrics
 
 
@@ -61,7 +63,7 @@ def localize(split: str, *, checkpoints: list[Path], stack_index: pl.DataFrame,
     reader = slice_reader(instances)
     by_fold: dict[int, dict[str, list[Path]]] = {}
     for path in checkpoints:
-        meta = torch.load(path, map_location="cpu", weights_only=False)["meta"]
+        meta = load_checkpoint(path)["meta"]
         by_fold.setdefault(meta["fold"], {}).setdefault(f"{meta['kind']}_{meta['task']}", []).append(path)
     all_paths: dict[str, list[Path]] = {}
     for paths in by_fold.values():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spinepipe import checkpoints
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import PointSample, SliceSample
 
@@ -183,5 +184,5 @@ def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_target
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    """The model's weights and ``meta``, in a file read back weights-only."""
+    checkpoints.save({"state_dict": model.state_dict(), "meta": meta}, path)

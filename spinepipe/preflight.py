@@ -1,0 +1,182 @@
+"""Checks that resolve every name and file the configuration refers to before any job runs.
+
+:func:`preflight` runs in the workflow's main process right after the schema and
+:func:`spinepipe.config.check_semantics` (and in ``snakemake -n``), so that a mistake which
+would otherwise surface only at the rule that uses it, hours into a run, stops the run at
+once with a message naming the key:
+
+* every ``backbone`` (``localize.point_model``, ``localize.slice_model``, ``train``) is a
+  timm model, and builds as the pipeline builds it (on the ``meta`` device: no memory, no
+  weights);
+* every ``train.augment[i]`` builds with the project's own builder and runs on a crop stack
+  of the shape training feeds it; the localizer's augmentation builds too;
+* every ``weights`` file named exists;
+* the tracking store is usable: a SQLite or file store's folder can be created and written,
+  an HTTP store answers within ``mlflow.request_timeout_s``;
+* with a ``data_dir``, the competition files pass :func:`spinepipe.dataset.validate_dataset`
+  (ids, duplicates, submission row ids), so a bad line stops the run, not a late stage.
+
+Relative paths are resolved against the working directory, as the jobs resolve them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spinepipe.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+def _find(config: Mapping[str, Any], name: str, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every key called ``name``, at any depth."""
+    for key, value in config.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key == name:
+            yield dotted, value
+        elif isinstance(value, Mapping):
+            yield from _find(value, name, dotted)
+
+
+def _resolve(path: str | Path, workdir: Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def _short(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:400]
+
+
+def check_backbones(config: Mapping[str, Any]) -> list[str]:
+    """Every ``backbone`` names a timm model that builds as its stage builds it."""
+    import torch
+
+    from spinepipe.localize.models import create_backbone
+    from spinepipe.torch_compat import import_timm
+
+    timm = import_timm()
+    problems = []
+    for key, name in _find(config, "backbone"):
+        if not isinstance(name, str):
+            continue
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            problems.append(f"  {key}: {name!r} is not a timm model{hint}")
+            continue
+        # the point model takes stride-4/8 feature maps; the others pooled features
+        kwargs = ({"features_only": True, "out_indices": (1, 2)} if key.endswith("point_model.backbone")
+                  else {"num_classes": 0})
+        try:
+            with torch.device("meta"):
+                create_backbone(name, None, **kwargs)
+        except Exception:  # noqa: BLE001 - some models cannot be built on meta; try for real
+            try:
+                create_backbone(name, None, **kwargs)
+            except Exception as error:  # noqa: BLE001 - reported with the key
+                problems.append(f"  {key}: timm model {name!r} cannot be built with "
+                                f"{kwargs}: {_short(error)}")
+    return problems
+
+
+def check_augment(config: Mapping[str, Any]) -> list[str]:
+    """Every ``train.augment`` entry builds and runs on the crop stacks training feeds it
+    (``crops.size`` square, one channel per slice of each view)."""
+    from spinepipe.classify.data import build_transform, n_views
+    from spinepipe.localize.training import _augmenter
+
+    problems = []
+    train, crops = config.get("train", {}), config.get("crops", {})
+    families = list(train.get("families", [])) + (["all"] if train.get("all_series_model") else [])
+    slices = 2 * crops.get("slices", 0) + 1
+    channels = sorted({n_views(f) * slices for f in families}) or [slices]
+    size = crops.get("size", 32)
+    rng = np.random.default_rng(0)
+    for i, spec in enumerate(train.get("augment") or []):
+        where = f"train.augment[{i}]"
+        try:
+            transform = build_transform(spec, where)
+        except ValueError as error:
+            problems.append(f"  {error}")
+            continue
+        for n in channels:
+            stack = rng.random((size, size, n), dtype=np.float32)
+            try:
+                out = np.asarray(transform(image=stack, force_apply=True)["image"])
+            except Exception as error:  # noqa: BLE001 - reported with the key
+                problems.append(f"  {where} ({spec.get('name')}): fails on a {size}x{size}x{n} "
+                                f"crop stack: {_short(error)}")
+                break
+            if out.shape != stack.shape:
+                problems.append(f"  {where} ({spec.get('name')}): turns a {stack.shape} crop stack "
+                                f"into {out.shape}")
+                break
+    point = config.get("localize", {}).get("point_model", {})
+    if "augment" in point:
+        try:
+            _augmenter(dict(point["augment"]))
+        except Exception as error:  # noqa: BLE001 - reported with the key
+            problems.append(f"  localize.point_model.augment: {_short(error)}")
+    return problems
+
+
+def check_weights(config: Mapping[str, Any], workdir: Path) -> list[str]:
+    """Every non-empty ``weights`` names a readable file."""
+    problems = []
+    for key, value in _find(config, "weights"):
+        if not isinstance(value, str) or not value:
+            continue
+        path = _resolve(value, workdir)
+        if not path.is_file():
+            problems.append(f"  {key}: weights file '{path}' does not exist")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"  {key}: weights file '{path}' is not readable")
+    return problems
+
+
+def check_tracking(tracking: Mapping[str, Any], workdir: Path) -> list[str]:
+    """The tracking store can be used: SQLite and file stores writable, HTTP answering."""
+    from spinepipe.tracking import TrackingError, check_store
+
+    try:
+        check_store(tracking, workdir)
+    except TrackingError as error:
+        return [f"  mlflow.tracking_uri: {error}"]
+    return []
+
+
+def check_data_dir(config: Mapping[str, Any], workdir: Path) -> list[str]:
+    """A configured competition folder passes the dataset checks (file, line, problem)."""
+    from spinepipe.dataset import DatasetError, validate_dataset
+
+    data_dir = config.get("data_dir") or ""
+    if not data_dir:
+        return []  # the synthetic dataset is generated and checked by the workflow
+    try:
+        validate_dataset(_resolve(data_dir, workdir))
+    except DatasetError as error:
+        return [f"  data_dir: {error}"]
+    return []
+
+
+def preflight(config: Mapping[str, Any], workdir: Path | None = None) -> None:
+    """Run every check; raise ConfigError listing all problems, each naming its key."""
+    workdir = Path.cwd() if workdir is None else workdir
+    problems = [*check_weights(config, workdir),
+                *check_tracking(config.get("mlflow", {}), workdir),
+                *check_data_dir(config, workdir)]
+    for check in (check_backbones, check_augment):
+        try:
+            problems += check(config)
+        except ImportError as error:  # e.g. a bare Snakemake env under --sdm conda
+            log.warning("preflight: %s skipped, the model stack cannot be imported here (%s); "
+                        "the jobs will check", check.__name__, error)
+    if problems:
+        raise ConfigError("invalid configuration (checked before any job):\n" + "\n".join(problems))
+    log.info("preflight checks passed")
