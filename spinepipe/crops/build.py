@@ -4,6 +4,16 @@ array with an index parquet; each series is decoded once, whatever its number of
 A view that cannot be cut (no series, no point, an unreadable series, a point outside the
 image) is stored as zeros with an all-false slice mask and a status saying why, so every
 (study, level, view) has a row and inference never has to guess what is missing.
+
+Slices are decoded one by one (``spinepipe.pixels.decode_slices``), so one slice that cannot
+be decoded never costs the series: it is masked out of every crop that would have used it
+(False in ``slice_mask``, zeros, or the nearest slice's copy with ``fill: nearest``, as for
+a slice beyond the stack), the series' intensity percentiles come from its decoded slices,
+and every row of the series carries ``lost_slices`` (how many of its slices were lost) and
+``lost_reason`` (which files and why; null when none). A view whose *target* slice is the
+lost one is not cut around a neighbour: it gets status ``unreadable_slice``, zeros and an
+all-false mask like any other view that cannot be cut. A series none of whose slices decodes
+is ``unreadable``.
 """
 
 from __future__ import annotations
@@ -15,13 +25,14 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pydicom
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from spinepipe.constants import AXIAL_T2, LEVEL_NAMES, LEVELS
 from spinepipe.crops.extract import CropSpec, crop_view
 from spinepipe.crops.views import VIEWS, View
 from spinepipe.geometry import StackGeometry
+from spinepipe.pixels import DecodedSlices, decode_slices, describe_lost
 from spinepipe.xref import stack_geometries
 
 log = logging.getLogger(__name__)
@@ -29,7 +40,8 @@ log = logging.getLogger(__name__)
 INDEX_SCHEMA = {"row": pl.Int64, "study_id": pl.Int64, "level": pl.String, "view": pl.String,
                 "series_id": pl.Int64, "instance_number": pl.Int64, "slice_index": pl.Int64,
                 "x": pl.Float64, "y": pl.Float64, "source": pl.String, "status": pl.String,
-                "n_slices": pl.Int64, "slice_mask": pl.List(pl.Boolean)}
+                "n_slices": pl.Int64, "slice_mask": pl.List(pl.Boolean),
+                "lost_slices": pl.Int64, "lost_reason": pl.String}
 
 
 def _plan_view(study_id: int, level: str, view: View, points: pl.DataFrame,
@@ -105,12 +117,23 @@ def plan_crops(studies: list[int], coordinates: pl.DataFrame, series: pl.DataFra
     return plans
 
 
-def decode_series(paths: list[str]) -> list[np.ndarray]:
-    """Every slice of a series (in the given, position order), intensities scaled per series."""
-    images = [pydicom.dcmread(p).pixel_array.astype(np.float32) for p in paths]
-    sample = np.concatenate([im[::4, ::4].ravel() for im in images])
+def scale_series(decoded: DecodedSlices) -> list[NDArray[np.float32] | None]:
+    """Intensities clipped at the 0.5/99.5 percentiles of the decoded slices (every 4th pixel)
+    and scaled to [0, 1]; lost slices stay ``None``."""
+    kept = [im for im in decoded.images if im is not None]
+    if not kept:
+        return list(decoded.images)
+    sample = np.concatenate([im[::4, ::4].ravel() for im in kept])
     low, high = np.percentile(sample, [0.5, 99.5])
-    return [np.clip((im - low) / max(high - low, 1e-6), 0.0, 1.0) for im in images]
+    return [None if im is None else np.clip((im - low) / max(high - low, 1e-6), 0.0, 1.0)
+            for im in decoded.images]
+
+
+def decode_series(paths: list[str]) -> tuple[list[NDArray[np.float32] | None], str | None]:
+    """Every slice of a series (in the given, position order), intensities scaled per series;
+    ``None`` for a slice that could not be decoded, and the description of the lost ones."""
+    decoded = decode_slices(paths)
+    return scale_series(decoded), describe_lost(paths, decoded)
 
 
 def build_crops(studies: list[int], coordinates: pl.DataFrame, instances: pl.DataFrame,
@@ -133,20 +156,29 @@ def build_crops(studies: list[int], coordinates: pl.DataFrame, instances: pl.Dat
             by_series[plan["series_id"]].append(i)
     paths = {sid: dict(zip(f["instance_number"].to_list(), f["path"].to_list()))
              for (sid,), f in instances.filter(pl.col("status") == "ok").group_by("series_id")}
+    for plan in plans:
+        plan.update(lost_slices=0, lost_reason=None)
     for series_id, rows in tqdm(by_series.items(), desc="crops", disable=None):
         geometry = geometries[series_id]
+        series_paths = [paths[series_id][n] for n in geometry.instance_numbers]
         try:
-            images = decode_series([paths[series_id][n] for n in geometry.instance_numbers])
-        except Exception as error:  # a file that passed the header check may still not decode
-            reason = f"unreadable: {type(error).__name__}: {error}"[:200]
-            log.warning("series %s: %s", series_id, reason)
-            for i in rows:
-                plans[i]["status"] = "unreadable"
-            continue
+            images, lost = decode_series(series_paths)
+        except Exception as error:  # anything else about one series never stops the others
+            images, lost = [None] * len(series_paths), f"{type(error).__name__}: {error}"[:300]
+            log.exception("series %s: cannot decode", series_id)
+        n_lost = sum(im is None for im in images)
+        if lost is not None:
+            log.warning("series %s: %s", series_id, lost)
         for i in rows:
             plan = plans[i]
-            array[i], masks[i] = crop_view(images, geometry, plan["slice_index"], plan["x"], plan["y"],
-                                           VIEWS[plan["view"]], specs[plan["view"]])
+            plan.update(lost_slices=n_lost, lost_reason=lost)
+            if n_lost == len(images):
+                plan["status"] = "unreadable"
+            elif images[plan["slice_index"]] is None:
+                plan["status"] = "unreadable_slice"
+            else:
+                array[i], masks[i] = crop_view(images, geometry, plan["slice_index"], plan["x"],
+                                               plan["y"], VIEWS[plan["view"]], specs[plan["view"]])
     array.flush()
     for i, plan in enumerate(plans):
         plan.update(row=i, n_slices=int(masks[i].sum()), slice_mask=masks[i].tolist())
@@ -157,11 +189,22 @@ def build_crops(studies: list[int], coordinates: pl.DataFrame, instances: pl.Dat
 
 
 def crop_summary(index: pl.DataFrame) -> dict[str, Any]:
-    """Counts of crops per view and status, and of missing neighbour slices."""
+    """Counts of crops per view and status, of missing neighbour slices, and of slices that
+    could not be decoded (in all, series touched, views cut from such a series, views whose
+    target slice was lost)."""
     by_status = index.group_by("view", "status").len().sort("view", "status")
     ok = index.filter(pl.col("status") == "ok")
     cached = int(index["slice_mask"].list.len().max() or 0)
-    return {"n_crops": index.height,
-            "by_view_status": {f"{r['view']}/{r['status']}": r["len"] for r in by_status.iter_rows(named=True)},
-            "missing_views": int((index["status"] != "ok").sum()),
-            "missing_neighbour_slices": int((cached - ok["n_slices"]).sum()) if ok.height else 0}
+    summary = {"n_crops": index.height,
+               "by_view_status": {f"{r['view']}/{r['status']}": r["len"]
+                                  for r in by_status.iter_rows(named=True)},
+               "missing_views": int((index["status"] != "ok").sum()),
+               "missing_neighbour_slices": int((cached - ok["n_slices"]).sum()) if ok.height else 0}
+    if "lost_slices" in index.columns:  # indices written before slices could be lost lack it
+        damaged = (index.filter(pl.col("lost_slices") > 0)
+                   .unique("series_id").select("series_id", "lost_slices"))
+        summary.update(lost_slices=int(damaged["lost_slices"].sum()),
+                       series_with_lost_slices=damaged.height,
+                       ok_views_of_damaged_series=int(ok.filter(pl.col("lost_slices") > 0).height),
+                       unreadable_target_slices=int((index["status"] == "unreadable_slice").sum()))
+    return summary

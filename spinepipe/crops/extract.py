@@ -7,6 +7,7 @@ model sees; each neighbouring slice is cut around the projection of the same 3D 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,13 @@ def cut_slice(image: NDArray[np.float32], geometry: StackGeometry, index: int, c
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
-def crop_view(images: list[NDArray[np.float32]], geometry: StackGeometry, target: int,
+def crop_view(images: Sequence[NDArray[np.float32] | None], geometry: StackGeometry, target: int,
               x: float, y: float, view: View, spec: CropSpec) -> tuple[NDArray[np.float16], NDArray[np.bool_]]:
     """(cached_slices, cached_size, cached_size) crop and the mask of slices that exist.
 
-    Slices are ordered along the view's slice axis, the target in the middle.
+    Slices are ordered along the view's slice axis, the target in the middle. A slice that
+    could not be decoded (``None`` in ``images``) is treated like one beyond the stack: masked
+    out, zeros (or, with ``fill: nearest``, a copy of the nearest slice that exists).
     """
     centre = geometry.to_patient(target, x, y)
     step = window_mm(spec, geometry, target) / spec.size
@@ -97,7 +100,7 @@ def crop_view(images: list[NDArray[np.float32]], geometry: StackGeometry, target
     mask = np.zeros(spec.cached_slices, dtype=bool)
     for k in range(-half, half + 1):
         j = target + direction * k
-        if 0 <= j < len(images):
+        if 0 <= j < len(images) and images[j] is not None:
             out[k + half] = cut_slice(images[j], geometry, j, centre, view, step, spec.cached_size)
             mask[k + half] = True
     if spec.fill == "nearest" and mask.any():

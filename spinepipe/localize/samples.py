@@ -60,6 +60,11 @@ def _slice_index(stack: dict, instance_number: int) -> int | None:
     return int(matches[0]) if matches.size else None
 
 
+def _decoded(stack: dict, index: int) -> bool:
+    """False for a slice that could not be decoded (an all-zero image in the stack)."""
+    return bool(stack["slice_ok"][index]) if "slice_ok" in stack else True
+
+
 def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, series: pl.DataFrame,
                   xref: pl.DataFrame | None, axial_crop: int,
                   neighbours: int = 0) -> list[PointSample]:
@@ -67,7 +72,8 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
 
     ``neighbours`` adds the slices next to an annotated sagittal slice with the same points:
     the canal and the foramina are tubes crossing several slices, and it teaches the model
-    to tolerate a slice choice one off (slice jitter).
+    to tolerate a slice choice one off (slice jitter). Slices that could not be decoded
+    (``slice_ok`` False, all zeros) give no sample.
     """
     conditions = TASK_CONDITIONS[task]
     wanted = coordinates.filter(pl.col("condition").is_in(list(conditions)))
@@ -90,7 +96,7 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
                 points[k] = (r["x"] / stack["scale"][0], r["y"] / stack["scale"][1])
                 mask[k] = True
             for offset in range(-neighbours, neighbours + 1):
-                if 0 <= index + offset < len(stack["images"]):
+                if 0 <= index + offset < len(stack["images"]) and _decoded(stack, index + offset):
                     samples.append(PointSample(
                         int(group["study_id"][0]), stack["images"][index + offset].astype(np.float32),
                         points, mask, spacing[series_id] * float(stack["scale"][0]),
@@ -107,7 +113,7 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
         stack = cache.get(series_id)
         cx, cy, instance = centres[key]
         index = _slice_index(stack, instance)
-        if index is None:
+        if index is None or not _decoded(stack, index):
             continue
         scale = stack["scale"]
         image, corner = crop(stack["images"][index].astype(np.float32),
@@ -141,7 +147,7 @@ def slice_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, size:
         targets = np.full(SLICE_TARGETS[task], -1, dtype=np.int64)
         for r in group.iter_rows(named=True):
             index = _slice_index(stack, r["instance_number"])
-            if index is None:
+            if index is None or not _decoded(stack, index):  # a lost slice is no target
                 continue
             k = LEVEL_INDEX[r["level"]]
             side = conditions[r["condition"]]
