@@ -11,7 +11,7 @@ rule crops_shard:
         coordinates="results/localize/coordinates.parquet",
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("crops/views", "crops/extract", "crops/build", "geometry"),
+        code=code("crops/views", "crops/extract", "crops/build", "geometry", "pixels"),
     output:
         array="results/crops/{split}/shard{shard}.npy",
         index="results/crops/{split}/shard{shard}.parquet",

@@ -59,7 +59,7 @@ rule localizer_stacks:
     input:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("localize/stacks"),
+        code=code("localize/stacks", "pixels"),
     output:
         index="results/localize/stacks/{split}/index.parquet",
     params:
@@ -121,7 +121,7 @@ rule localize:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         folds="results/folds.parquet",
-        code=code("localize/inference", "localize/pipeline", "xref", "checkpoints"),
+        code=code("localize/inference", "localize/pipeline", "xref", "checkpoints", "pixels"),
     output:
         predictions="results/localize/predictions_{split}.parquet",
         reasons="results/localize/unlocalized_{split}.csv",

@@ -64,7 +64,7 @@ rule axial_xref:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
-        code=code("xref", "geometry"),
+        code=code("xref", "geometry", "pixels"),
     output:
         points="results/metadata/level_points.parquet",
         xref="results/metadata/axial_xref.parquet",

@@ -53,7 +53,7 @@ rule synthesize:
 rule synthetic_learnability:
     input:
         dataset=rules.synthesize.output,
-        code=code("synth/learnability", "dicom_io", "metric"),
+        code=code("synth/learnability", "dicom_io", "pixels", "metric"),
     output:
         report(
             "results/synthetic/learnability.json",

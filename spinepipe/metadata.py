@@ -412,7 +412,8 @@ def summarize_one_series(study_id: int, series_id: int, description: str | None,
            for c in ("pixel_spacing_row", "pixel_spacing_col")):
         problems.append("pixel spacing varies across slices")
     if not out["known_description"]:
-        problems.append(f"unknown series description {description!r}")
+        problems.append(f"unknown series description {description!r}" if description
+                        else "unknown series description (empty in the series CSV)")
     out["geometry_error"] = "; ".join(problems) or None
     out["geometry_ok"] = not problems
     return out

@@ -200,13 +200,14 @@ def sagittal_sides(geometry: StackGeometry, midline_point: np.ndarray,
 
 
 def slice_reader(instances: pl.DataFrame) -> Callable[[int, int], NDArray]:
-    """``read_slice(series_id, instance_number)``: pixels of one file, from instances.parquet."""
-    import pydicom
+    """``read_slice(series_id, instance_number)``: pixels of one file, from instances.parquet
+    (any transfer syntax; raises ``SliceDecodeError`` naming the file when it cannot decode)."""
+    from spinepipe.pixels import decode_slice
 
     paths = {(r[0], r[1]): r[2] for r in instances.filter(pl.col("status") == "ok")
              .select("series_id", "instance_number", "path").iter_rows()}
 
     def read_slice(series_id: int, instance_number: int) -> NDArray:
-        return pydicom.dcmread(paths[(series_id, instance_number)]).pixel_array.astype(np.float32)
+        return decode_slice(paths[(series_id, instance_number)])
 
     return read_slice

@@ -175,3 +175,11 @@ def test_local_decoding_is_not_pulled_between_two_discs():
     near = local_soft_argmax(prob, radius=3, search=0.2)[0, 0].numpy() * w
     assert np.hypot(*(near - centre)) < 0.2 * w
     assert np.allclose(near, [20.8, 31.1], atol=0.3)
+
+
+def test_a_lost_slice_is_never_localized_on():
+    from spinepipe.localize.inference import nearest_decoded
+
+    ok = np.array([True, False, False, True, True])
+    assert [nearest_decoded(i, ok) for i in range(5)] == [0, 0, 3, 3, 4]
+    assert nearest_decoded(2, None) == 2 and nearest_decoded(2, np.zeros(5, dtype=bool)) == 2

@@ -115,7 +115,10 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
         family, side = CONDITION_FAMILY[condition], _side(condition)
         descriptions = FAMILY_DESCRIPTIONS[family]
         missing = statuses.get((int(study), level, family, side), [])
-        series_notes = [p for description, p in problems.get(int(study), []) if description in descriptions]
+        study_problems = problems.get(int(study), [])
+        series_notes = [p for description, p in study_problems if description in descriptions]
+        # a series of unknown description could have been any of them: named on degraded rows
+        unknown_notes = [p for description, p in study_problems if description not in ALL_DESCRIPTIONS]
         slice_notes = [f"{view}: {why}" for view in FAMILY_INPUTS[family][side]
                        if (why := lost.get((int(study), level, view)))]
         context = [why for description, why in reasons_by_study.get(int(study), [])
@@ -132,7 +135,7 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
             reason = "predicted from the readable slices"
         else:
             continue
-        details = series_notes + slice_notes + context
+        details = series_notes + slice_notes + unknown_notes + context
         if details:
             reason += " (" + "; ".join(dict.fromkeys(details)) + ")"
         fallback = ("prior" if not use_model[i] else "model (other series)"
@@ -143,6 +146,7 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
 
 FAMILY_DESCRIPTIONS = {family: {VIEWS[v].series_description for views in FAMILY_INPUTS[family].values()
                                 for v in views} for family in ("spinal", "foraminal", "subarticular")}
+ALL_DESCRIPTIONS = set().union(*FAMILY_DESCRIPTIONS.values())
 
 
 def _series_problems(series: pl.DataFrame | None) -> dict[int, list[tuple[str, str]]]:
@@ -156,8 +160,9 @@ def _series_problems(series: pl.DataFrame | None) -> dict[int, list[tuple[str, s
         if not what and r["n_bad"]:
             what = f"{r['n_bad']} of {r['n_files']} files unusable"
         if what:
+            name = r["series_description"] or "undescribed"
             out.setdefault(r["study_id"], []).append(
-                (r["series_description"], f"{r['series_description']} series {r['series_id']}: {what}"))
+                (r["series_description"], f"{name} series {r['series_id']}: {what}"))
     return out
 
 
@@ -167,7 +172,7 @@ def _lost_slices(crop_index: pl.DataFrame) -> dict[tuple[int, str, str], str]:
         return {}
     lost = crop_index.filter(pl.col("lost_slices").fill_null(0) > 0)
     return {(r["study_id"], r["level"], r["view"]):
-            f"{r['lost_slices']} slices of series {r['series_id']} could not be decoded"
+            f"{r['lost_slices']} slice(s) of series {r['series_id']} could not be decoded"
             + (f" ({r['lost_reason']})" if r.get("lost_reason") else "")
             for r in lost.iter_rows(named=True)}
 

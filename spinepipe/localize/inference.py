@@ -84,13 +84,26 @@ def predict_points(models: list[PointModel], images: np.ndarray,
 
 
 @torch.no_grad()
-def predict_slices(models: list[SliceModel], images: np.ndarray, size: int) -> np.ndarray | None:
-    """Slice index per target from the fold-averaged probabilities over slices."""
+def predict_slices(models: list[SliceModel], images: np.ndarray, size: int,
+                   slice_ok: np.ndarray | None = None) -> np.ndarray | None:
+    """Slice index per target from the fold-averaged probabilities over slices; slices that
+    could not be decoded (``slice_ok`` False) are never chosen."""
     if not models:
         return None
     stack = torch.from_numpy(downsample_stack(images, size))[None]
     probs = np.mean([m(stack)[0].softmax(0).numpy() for m in models], axis=0)  # (S, T)
+    if slice_ok is not None and slice_ok.any():
+        probs = np.where(slice_ok[:, None], probs, -1.0)
     return probs.argmax(0)
+
+
+def nearest_decoded(index: int, slice_ok: np.ndarray | None) -> int:
+    """``index`` itself when its slice was decoded, else the nearest decoded slice (a lost
+    slice is all zeros: a point found on it would mean nothing)."""
+    if slice_ok is None or slice_ok[index] or not slice_ok.any():
+        return int(index)
+    decoded = np.flatnonzero(slice_ok)
+    return int(decoded[np.argmin(np.abs(decoded - index))])
 
 
 def _first(series: pl.DataFrame, description: str, cache: StackCache) -> dict[str, Any] | None:
@@ -117,10 +130,10 @@ class StudyLocalizer:
                 "spread_px": float(spread * scale[0]), "geometric_slice": geometric,
                 "learned_slice": learned, "slice_method": self.cfg["slice_method"]}
 
-    def _choose(self, geometric: int, learned: int | None) -> int:
+    def _choose(self, geometric: int, learned: int | None, slice_ok: np.ndarray | None) -> int:
         if self.cfg["slice_method"] == "learned" and learned is not None:
-            return int(learned)
-        return int(geometric)
+            return nearest_decoded(int(learned), slice_ok)
+        return nearest_decoded(int(geometric), slice_ok)
 
     def localize(self, study_id: int, series: pl.DataFrame) -> tuple[list[dict], list[dict]]:
         rows: list[dict] = []
@@ -138,8 +151,9 @@ class StudyLocalizer:
             positions = geometry.ipp @ geometry.normals[0]
             middle = int(np.argmin(np.abs(positions - (positions.min() + positions.max()) / 2)))
             learned = predict_slices(self.models["sagittal_t2"].slice, stack["images"],
-                                     self.cfg["slice_image_size"])
-            chosen = [self._choose(middle, None if learned is None else learned[k]) for k in range(5)]
+                                     self.cfg["slice_image_size"], stack.get("slice_ok"))
+            chosen = [self._choose(middle, None if learned is None else learned[k], stack.get("slice_ok"))
+                      for k in range(5)]
             unique = sorted(set(chosen))
             xy, peak, spread = predict_points(self.models["sagittal_t2"].point,
                                               stack["images"][unique].astype(np.float32),
@@ -161,7 +175,7 @@ class StudyLocalizer:
         else:
             stack, geometry = self.cache.get(t1["series_id"]), self.geometries[t1["series_id"]]
             learned = predict_slices(self.models["sagittal_t1"].slice, stack["images"],
-                                     self.cfg["slice_image_size"])
+                                     self.cfg["slice_image_size"], stack.get("slice_ok"))
             mid_point = None
             if canal_points:
                 mid_point = np.mean(list(canal_points.values()), axis=0)
@@ -173,7 +187,7 @@ class StudyLocalizer:
                 for s, side in enumerate(SIDES):
                     geometric = geometry.index_of(choice[side])
                     learned_k = None if learned is None else int(learned[k * 2 + s])
-                    index = self._choose(geometric, learned_k)
+                    index = self._choose(geometric, learned_k, stack.get("slice_ok"))
                     xy, peak, spread = predict_points(self.models["sagittal_t1"].point,
                                                       stack["images"][[index]].astype(np.float32),
                                                       self.cfg["decode"])
@@ -211,11 +225,11 @@ class StudyLocalizer:
             srow = axial.filter(pl.col("series_id") == series_id).row(0, named=True)
             stack = self.cache.get(series_id)
             learned = predict_slices(self.models["axial_t2"].slice, stack["images"],
-                                     self.cfg["slice_image_size"])
+                                     self.cfg["slice_image_size"], stack.get("slice_ok"))
             for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
                 k = LEVEL_INDEX[r["level"]]
                 learned_k = None if learned is None else int(learned[k])
-                index = self._choose(r["slice_index"], learned_k)
+                index = self._choose(r["slice_index"], learned_k, stack.get("slice_ok"))
                 scale = stack["scale"]
                 image, corner = crop(stack["images"][index].astype(np.float32),
                                      (r["x"] / scale[0], r["y"] / scale[1]), size)

@@ -1,0 +1,126 @@
+"""End to end on a hostile test split: every common transfer syntax and one header, file or
+CSV defect per study. The run completes, the submission is complete and valid, every affected
+row says why, lossless syntaxes decode bit for bit, and the healthy studies' predictions are
+those of a run without the hostile studies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pydicom
+import pytest
+import yaml
+
+from conftest import REPO, TINY, make_config
+from hostile import N_TEST, HostilePlan, build_split_pair
+from spinepipe.classify.inference import FAMILY_DESCRIPTIONS, validate_submission
+from spinepipe.constants import CONDITION_FAMILY, CONDITIONS, SUBMISSION_COLUMNS
+from spinepipe.pixels import decode_slice
+
+NO_QUIRKS = {"synthetic": {"n_test": N_TEST, "quirks": {"missing_series": 0.0, "two_axial_series": 0.0}}}
+
+
+def _run(workdir: Path, data_dir: Path) -> None:
+    overlay = {key: value for key, value in TINY.items() if key != "synthetic"}
+    (workdir / "run.yaml").write_text(yaml.safe_dump({**overlay, "data_dir": str(data_dir)}))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             "--cores", "2", "-d", str(workdir), "--configfile", "run.yaml"],
+                            capture_output=True, text=True, timeout=1500, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[HostilePlan, Path, Path, Path]:
+    from spinepipe.synth.generate import generate_dataset
+
+    root = tmp_path_factory.mktemp("hostile")
+    generate_dataset(make_config(NO_QUIRKS), root / "synthetic")
+    plan = build_split_pair(root / "synthetic", root / "clean", root / "hostile")
+    for name in ("clean", "hostile"):
+        (root / f"run_{name}").mkdir()
+        _run(root / f"run_{name}", root / name)
+    return plan, root, root / "run_clean" / "results", root / "run_hostile" / "results"
+
+
+def _study(row_id: str) -> int:
+    return int(row_id.split("_", 1)[0])
+
+
+def _family(row_id: str) -> str:
+    condition = next(c for c in CONDITIONS if f"_{c}_" in row_id)
+    return CONDITION_FAMILY[condition]
+
+
+@pytest.mark.slow
+def test_lossless_syntaxes_decode_bit_for_bit(runs):
+    plan, *_ = runs
+    checked = 0
+    for encoded, original, lossless in plan.encoded_files:
+        if not lossless:
+            continue
+        decoded, reference = decode_slice(encoded), pydicom.dcmread(original).pixel_array
+        assert decoded.dtype == np.float32 and decoded.dtype.isnative
+        np.testing.assert_array_equal(decoded, reference.astype(np.float32), err_msg=str(encoded))
+        checked += 1
+    assert checked > 100
+
+
+@pytest.mark.slow
+def test_every_encoded_file_is_read_and_no_encoded_study_is_degraded(runs):
+    plan, _, _, hostile = runs
+    instances = pl.read_parquet(hostile / "metadata" / "instances.parquet")
+    encoded = instances.filter(pl.col("study_id").is_in(list(plan.encoded)))
+    assert encoded.height == len(plan.encoded_files)
+    assert (encoded["status"] == "ok").all(), encoded.filter(pl.col("status") != "ok")["error"].to_list()[:3]
+    series = pl.read_parquet(hostile / "metadata" / "series.parquet")
+    assert series.filter(pl.col("study_id").is_in(list(plan.encoded)))["geometry_ok"].all()
+    degraded = pl.read_csv(hostile / "eval" / "degraded_rows.csv")
+    hit = degraded.filter(pl.col("row_id").map_elements(_study, return_dtype=pl.Int64)
+                          .is_in(list(plan.encoded) + plan.healthy))
+    assert hit.height == 0, hit.rows()[:5]
+
+
+@pytest.mark.slow
+def test_submission_is_complete_and_every_defect_is_reported(runs):
+    plan, root, _, hostile = runs
+    sample = pl.read_csv(root / "hostile" / "sample_submission.csv")
+    submission = pl.read_csv(hostile / "submission.csv")
+    validate_submission(submission, sample)
+    assert submission.height == 25 * N_TEST
+    degraded = pl.read_csv(hostile / "eval" / "degraded_rows.csv")
+    reasons = dict(zip(degraded["row_id"], degraded["reason"]))
+    fallbacks = dict(zip(degraded["row_id"], degraded["fallback"]))
+    for study, defect in plan.defects.items():
+        rows = [r for r in sample["row_id"] if _study(r) == study]
+        affected = [r for r in rows if defect.series in FAMILY_DESCRIPTIONS[_family(r)]]
+        if defect.changes_nothing:
+            assert not [r for r in rows if r in reasons], (defect.name, [reasons[r] for r in rows if r in reasons])
+            continue
+        for row_id in affected:
+            assert row_id in reasons, (defect.name, row_id)
+            assert defect.reason in reasons[row_id], (defect.name, reasons[row_id])
+            if defect.on_prior and len(FAMILY_DESCRIPTIONS[_family(row_id)]) == 1:
+                assert fallbacks[row_id] == "prior", (defect.name, row_id, reasons[row_id])
+            else:
+                assert fallbacks[row_id].startswith("model"), (defect.name, row_id, reasons[row_id])
+        untouched = [r for r in rows if r not in affected]
+        assert not [r for r in untouched if r in reasons], (defect.name, [reasons[r] for r in untouched if r in reasons])
+
+
+@pytest.mark.slow
+def test_healthy_predictions_equal_a_run_without_the_hostile_studies(runs):
+    plan, _, clean, hostile = runs
+    columns = ["row_id", *SUBMISSION_COLUMNS]
+    before = pl.read_csv(clean / "submission.csv").select(columns)
+    after = pl.read_csv(hostile / "submission.csv").select(columns).filter(
+        pl.col("row_id").is_in(before["row_id"].to_list()))
+    assert sorted({_study(r) for r in before["row_id"]}) == plan.unchanged
+    joined = before.join(after, on="row_id", suffix="_hostile", maintain_order="left")
+    assert joined.height == before.height
+    difference = np.abs(joined.select(SUBMISSION_COLUMNS).to_numpy()
+                        - joined.select([f"{c}_hostile" for c in SUBMISSION_COLUMNS]).to_numpy())
+    assert difference.max() <= 1e-6, float(difference.max())
