@@ -15,6 +15,7 @@ of its slices decodes.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,13 @@ def build_stacks(instances: pl.DataFrame, series: pl.DataFrame, size_by_descript
         if stack.lost is not None:
             log.warning("series %s: %s", s["series_id"], stack.lost)
         path = out_dir / f"{s['series_id']}.npz"
-        np.savez(path, images=volume.astype(np.float16),
-                 instance_numbers=frame["instance_number"].to_numpy(),
-                 scale=np.array([stack.columns / volume.shape[2], stack.rows / volume.shape[1]]),
-                 slice_ok=stack.slice_ok)
+        tmp = path.with_name(f".{path.name}.tmp")  # atomic: a killed job leaves no half file
+        with tmp.open("wb") as handle:
+            np.savez(handle, images=volume.astype(np.float16),
+                     instance_numbers=frame["instance_number"].to_numpy(),
+                     scale=np.array([stack.columns / volume.shape[2], stack.rows / volume.shape[1]]),
+                     slice_ok=stack.slice_ok)
+        os.replace(tmp, path)
         row.update(n_slices=volume.shape[0], rows=stack.rows, columns=stack.columns, path=str(path),
                    error=stack.lost, lost_slices=int((~stack.slice_ok).sum()))
         rows.append(row)
