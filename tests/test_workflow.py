@@ -103,7 +103,7 @@ def test_damaged_test_studies_still_get_a_complete_submission(workflow_run):
             row = f"{no_axial}_{side}_subarticular_stenosis_{level}"
             assert fallbacks[row] == "prior" and "axial" in reasons[row].lower()
             row = f"{corrupt}_{side}_neural_foraminal_narrowing_{level}"
-            assert row in reasons and "unreadable" in reasons[row]
+            assert row in reasons and "files unusable" in reasons[row]
         assert fallbacks[f"{no_axial}_spinal_canal_stenosis_{level}"] == "model (other series)"
     cv = json.loads((results / "eval" / "cv.json").read_text())
     assert {"cv_score", "prior_score", "test_score", "test_prior_score"} <= cv.keys()
