@@ -183,3 +183,137 @@ def test_a_lost_slice_is_never_localized_on():
     ok = np.array([True, False, False, True, True])
     assert [nearest_decoded(i, ok) for i in range(5)] == [0, 0, 3, 3, 4]
     assert nearest_decoded(2, None) == 2 and nearest_decoded(2, np.zeros(5, dtype=bool)) == 2
+
+
+# --- joint decoding of the five levels of a series -------------------------------------------
+
+LEVEL_CELLS = np.array([[28.0, 12.0], [30.0, 22.0], [31.0, 32.0], [31.0, 42.0], [29.0, 52.0]])  # x, y
+
+
+def _level_maps(centres: np.ndarray, extra: dict[int, tuple[float, float, float]] | None = None,
+                size: int = 64, sigma: float = 1.2) -> torch.Tensor:
+    """One probability map per level (K, size, size): a blob on each level's cell centre, and
+    for ``extra`` levels a second blob (x, y, share of the map) that the first one shares."""
+    yy, xx = np.mgrid[0:size, 0:size]
+
+    def blob(x, y):
+        return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+
+    maps = []
+    for k, (x, y) in enumerate(centres):
+        own = blob(x, y) / blob(x, y).sum()
+        if extra and k in extra:
+            ex, ey, share = extra[k]
+            own = (1 - share) * own + share * blob(ex, ey) / blob(ex, ey).sum()
+        own = own + 1e-7  # a softmax has full support
+        maps.append(own / own.sum())
+    return torch.from_numpy(np.stack(maps)).float()
+
+
+def _frames(k: int = 5, rows_point_superior: bool = False, fov_mm: float = 200.0):
+    """A sagittal image: rows (x) anterior -> posterior, columns (y) superior -> inferior,
+    or inferior -> superior when ``rows_point_superior``."""
+    from spinepipe.localize.decode import MapFrames
+
+    down = 1.0 if rows_point_superior else -1.0
+    return MapFrames(np.zeros((k, 3)), np.tile([0.0, fov_mm, 0.0], (k, 1)),
+                     np.tile([0.0, 0.0, down * fov_mm], (k, 1)))
+
+
+def _cells(xy: np.ndarray, size: int = 64) -> np.ndarray:
+    return xy * size - 0.5  # map coordinates in [0, 1] -> cell index (centres at +0.5)
+
+
+DECODE = {"radius": 3, "search": 0.05, "joint": True, "candidates": 4,
+          "spacing_ratio": [0.6, 1.5], "spacing_mm": [20.0, 60.0]}
+
+
+def test_joint_decoding_repairs_a_level_on_its_neighbours_disc():
+    """Level 3's strongest peak sits on level 4's disc, a weaker one at its own place: the
+    independent decoding puts L3/L4 on L4/L5, the joint decoding gives every level its own
+    disc, ordered superior to inferior."""
+    from spinepipe.localize.decode import decode_levels
+
+    maps = _level_maps(LEVEL_CELLS, {2: (*LEVEL_CELLS[3], 0.8)})
+    independent = _cells(decode_levels(maps, _frames(), **DECODE | {"joint": False}))
+    assert np.hypot(*(independent[2] - LEVEL_CELLS[3])) < 0.5  # the swap
+    joint = _cells(decode_levels(maps, _frames(), **DECODE))
+    assert np.allclose(joint, LEVEL_CELLS, atol=0.3)
+    assert (np.diff(joint[:, 1]) > 5).all()
+
+
+def test_joint_ordering_follows_the_geometry_not_the_image_rows():
+    """The same swap in an image whose rows run inferior to superior (L1/L2 at the bottom):
+    repaired when the geometry says so; read with the usual orientation, the true
+    positions would be out of order and are not what comes back."""
+    from spinepipe.localize.decode import decode_levels
+
+    flipped = LEVEL_CELLS * [1, -1] + [0, 63]  # cell y -> 63 - y
+    maps = _level_maps(flipped, {2: (*flipped[3], 0.8)})
+    frames = _frames(rows_point_superior=True)
+    joint = decode_levels(maps, frames, **DECODE)
+    assert np.allclose(_cells(joint), flipped, atol=0.3)
+    assert (np.diff(frames.to_patient(joint)[:, 2]) < 0).all()  # superior to inferior in patient z
+    assert not np.allclose(_cells(decode_levels(maps, _frames(), **DECODE)), flipped, atol=0.3)
+    independent = _cells(decode_levels(maps, frames, **DECODE | {"joint": False}))
+    assert np.hypot(*(independent[2] - flipped[3])) < 0.5
+
+
+def test_joint_decoding_leaves_good_points_where_they_were():
+    """A series with every level clear is decoded exactly as by the independent decoding; in
+    a series with one swapped level, only that level moves."""
+    from spinepipe.localize.decode import decode_levels
+
+    rng = np.random.default_rng(0)
+    centres = LEVEL_CELLS + rng.uniform(-0.4, 0.4, LEVEL_CELLS.shape)
+    clear = _level_maps(centres)
+    independent = local_soft_argmax(clear[None], 3, 0.05)[0].numpy()
+    np.testing.assert_array_equal(decode_levels(clear, _frames(), **DECODE), independent)
+    swapped = _level_maps(centres, {2: (*centres[3], 0.8)})
+    before = local_soft_argmax(swapped[None], 3, 0.05)[0].numpy()
+    after = decode_levels(swapped, _frames(), **DECODE)
+    keep = [0, 1, 3, 4]
+    np.testing.assert_array_equal(after[keep], before[keep])
+    assert np.hypot(*(_cells(after[2]) - centres[2])) < 0.3
+
+
+class _HeatmapModel(torch.nn.Module):
+    """A point model that answers the same probability maps (K, h, w) for every image."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.log(maps)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.logits[None].expand(len(images), -1, -1, -1)}
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_localizer_decodes_the_sagittal_levels_jointly(tiny_dataset, tmp_path, joint):
+    """Through the localizer, with the series' DICOM geometry: a canal and foramen heatmap
+    with level 3 on level 4's disc gives ordered, distinct levels with ``decode.joint``, and
+    the swap without it (the old behaviour stays available for comparison)."""
+    dataset, _ = tiny_dataset
+    instances, series, index = _prepare(dataset, "test", tmp_path)
+    cells = np.array([[16.0, 5.0], [16.0, 10.0], [16.0, 15.0], [16.0, 20.0], [16.0, 25.0]])  # 32-cell maps
+    maps = _level_maps(cells, {2: (*cells[3], 0.8)}, size=32, sigma=0.7)
+    models = {"sagittal_t2": FoldModels([_HeatmapModel(maps)], []),
+              "sagittal_t1": FoldModels([_HeatmapModel(maps)], []),
+              "axial_t2": FoldModels([PointModel("resnet10t", 2).eval()], [])}
+    cfg = CFG | {"decode": DECODE | {"joint": joint}}
+    localizer = StudyLocalizer(models, StackCache(index), stack_geometries(instances, series),
+                               slice_reader(instances), cfg)
+    studies = sorted(series["study_id"].unique().to_list())
+    predictions, _ = localize_split(studies, series, lambda sid: localizer)
+    sagittal = predictions.filter(pl.col("series_description").str.starts_with("Sagittal"))
+    assert sagittal.height == len(studies) * 15
+    cache = StackCache(index)
+    for (_, side), group in sagittal.group_by("series_id", "side"):
+        group = group.sort("level")
+        scale = cache.get(group["series_id"][0])["scale"]
+        found = np.stack([group["x"].to_numpy() / scale[0], group["y"].to_numpy() / scale[1]], axis=1)
+        expected = (cells + 0.5) * 2  # map cell -> 64-pixel stack image
+        if joint:
+            assert np.allclose(found, expected, atol=0.5)
+        else:
+            assert np.allclose(found[2], expected[3], atol=0.5)

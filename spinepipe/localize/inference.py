@@ -8,6 +8,7 @@ foramen slices (from the canal, in mm) and points -> level points -> axial cross
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from spinepipe import checkpoints
 from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
+from spinepipe.localize.decode import DECODE_DEFAULTS, MapFrames, check_decode, decode_levels
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
 from spinepipe.localize.stacks import StackCache
@@ -67,20 +69,52 @@ def load_models(paths: dict[str, list[Path]]) -> dict[str, FoldModels]:
 
 
 @torch.no_grad()
+def point_heatmaps(models: list[PointModel], images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probability maps of the images (N, H, W): fold-averaged (N, K, h, w) and per model
+    (F, N, K, h, w)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    probs = torch.stack([lg.flatten(2).softmax(-1).view_as(lg)
+                         for lg in (m(tensor)["logits"] for m in models)])
+    return probs.mean(0), probs
+
+
+@torch.no_grad()
 def predict_points(models: list[PointModel], images: np.ndarray,
                    decode: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
     """(N, K, 2) position in image pixels decoded from the fold-averaged heatmap around its
-    peak, the peak probability, and the spread of the single models' positions."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    logits = [m(tensor)["logits"] for m in models]
-    probs = [lg.flatten(2).softmax(-1).view_as(lg) for lg in logits]
+    peak (each heatmap on its own), the peak probability, and the spread of the single
+    models' positions."""
+    cfg = DECODE_DEFAULTS | (decode or {})
+    mean_prob, probs = point_heatmaps(models, images)
     size = np.array([images.shape[2], images.shape[1]])
-    mean_prob = torch.stack(probs).mean(0)
-    xy = local_soft_argmax(mean_prob, **decode).numpy() * size
+    xy = local_soft_argmax(mean_prob, cfg["radius"], cfg["search"]).numpy() * size
     peak = mean_prob.flatten(2).max(-1).values.numpy()
-    singles = np.stack([local_soft_argmax(p, **decode).numpy() * size for p in probs])  # (F, N, K, 2)
-    spread = np.linalg.norm(singles.std(axis=0), axis=-1) if len(models) > 1 else np.zeros(peak.shape)
-    return xy, peak, spread
+    if len(models) < 2:
+        return xy, peak, np.zeros(peak.shape)
+    singles = np.stack([local_soft_argmax(p, cfg["radius"], cfg["search"]).numpy() * size
+                        for p in probs])  # (F, N, K, 2)
+    return xy, peak, np.linalg.norm(singles.std(axis=0), axis=-1)
+
+
+@torch.no_grad()
+def predict_levels(models: list[PointModel], images: np.ndarray, pick: Sequence[int],
+                   frames: MapFrames, decode: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
+    """The five levels of one sagittal series, level k read on ``images[pick[k]]``, decoded
+    together (``decode_levels``: ordered superior to inferior, plausibly spaced, unless
+    ``decode['joint']`` is false): (K, 2) positions in image pixels, peak probabilities (K,)
+    and the spread of the single models' positions (K,), each model decoded the same way."""
+    mean_prob, probs = point_heatmaps(models, images)
+    pick_t = torch.as_tensor(np.asarray(pick, dtype=np.int64))
+    levels = torch.arange(mean_prob.shape[1])
+    size = np.array([images.shape[2], images.shape[1]])
+    maps = mean_prob[pick_t, levels]  # (K, h, w)
+    xy = decode_levels(maps, frames, **(decode or {})) * size
+    peak = maps.flatten(1).max(-1).values.numpy()
+    if len(models) < 2:
+        return xy, peak, np.zeros(peak.shape)
+    singles = np.stack([decode_levels(p[pick_t, levels], frames, **(decode or {})) * size
+                        for p in probs])  # (F, K, 2)
+    return xy, peak, np.linalg.norm(singles.std(axis=0), axis=-1)
 
 
 @torch.no_grad()
@@ -117,6 +151,7 @@ class StudyLocalizer:
     def __init__(self, models: dict[str, FoldModels], cache: StackCache,
                  geometries: dict[int, StackGeometry], read_slice, cfg: dict[str, Any]) -> None:
         self.models, self.cache, self.geometries, self.read_slice = models, cache, geometries, read_slice
+        check_decode(cfg["decode"])  # a bad range fails here, not once per study
         self.cfg = cfg
 
     def _row(self, study_id, series, condition, level, side, index, x, y, scale, peak, spread,
@@ -155,16 +190,17 @@ class StudyLocalizer:
             chosen = [self._choose(middle, None if learned is None else learned[k], stack.get("slice_ok"))
                       for k in range(5)]
             unique = sorted(set(chosen))
-            xy, peak, spread = predict_points(self.models["sagittal_t2"].point,
+            frames = MapFrames.from_stack(geometry, chosen, stack["images"].shape[1:], stack["scale"])
+            xy, peak, spread = predict_levels(self.models["sagittal_t2"].point,
                                               stack["images"][unique].astype(np.float32),
+                                              [unique.index(c) for c in chosen], frames,
                                               self.cfg["decode"])
             for k, level in enumerate(LEVELS):
-                u = unique.index(chosen[k])
-                rows.append(self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[u, k],
-                                      stack["scale"], peak[u, k], spread[u, k], middle,
+                rows.append(self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[k],
+                                      stack["scale"], peak[k], spread[k], middle,
                                       None if learned is None else int(learned[k])))
-                p = geometry.to_patient(chosen[k], xy[u, k, 0] * stack["scale"][0],
-                                        xy[u, k, 1] * stack["scale"][1])
+                p = geometry.to_patient(chosen[k], xy[k, 0] * stack["scale"][0],
+                                        xy[k, 1] * stack["scale"][1])
                 canal_points[level] = p
                 annotated_like.append({"study_id": study_id, "condition": CANAL,
                                        "level": LEVEL_NAMES[level], "series_id": t2["series_id"],
@@ -179,23 +215,37 @@ class StudyLocalizer:
             mid_point = None
             if canal_points:
                 mid_point = np.mean(list(canal_points.values()), axis=0)
+            geometric = np.zeros((len(LEVELS), len(SIDES)), dtype=np.int64)
+            learned_ks: list[list[int | None]] = []
+            index = np.zeros_like(geometric)
             for k, level in enumerate(LEVELS):
                 reference = canal_points.get(level, mid_point)
                 if reference is None:  # no canal: the stack centre is the mid-line guess
                     reference = geometry.ipp[len(geometry) // 2]
                 choice = select_sagittal_slices(geometry, reference, self.cfg["foramen_offset_mm"])
+                learned_ks.append([None if learned is None else int(learned[k * 2 + s])
+                                   for s in range(len(SIDES))])
                 for s, side in enumerate(SIDES):
-                    geometric = geometry.index_of(choice[side])
-                    learned_k = None if learned is None else int(learned[k * 2 + s])
-                    index = self._choose(geometric, learned_k, stack.get("slice_ok"))
-                    xy, peak, spread = predict_points(self.models["sagittal_t1"].point,
-                                                      stack["images"][[index]].astype(np.float32),
-                                                      self.cfg["decode"])
-                    rows.append(self._row(study_id, t1, FORAMEN[side], level, side, index,
-                                          *xy[0, k], stack["scale"], peak[0, k], spread[0, k],
-                                          geometric, learned_k))
-                    p = geometry.to_patient(index, xy[0, k, 0] * stack["scale"][0],
-                                            xy[0, k, 1] * stack["scale"][1])
+                    geometric[k, s] = geometry.index_of(choice[side])
+                    index[k, s] = self._choose(geometric[k, s], learned_ks[k][s], stack.get("slice_ok"))
+            # the five levels of one side decoded together, each on its own slice
+            decoded = []
+            for s in range(len(SIDES)):
+                unique = sorted(set(index[:, s].tolist()))
+                frames = MapFrames.from_stack(geometry, index[:, s], stack["images"].shape[1:],
+                                              stack["scale"])
+                decoded.append(predict_levels(self.models["sagittal_t1"].point,
+                                              stack["images"][unique].astype(np.float32),
+                                              [unique.index(i) for i in index[:, s]], frames,
+                                              self.cfg["decode"]))
+            for k, level in enumerate(LEVELS):
+                for s, side in enumerate(SIDES):
+                    xy, peak, spread = (part[k] for part in decoded[s])
+                    rows.append(self._row(study_id, t1, FORAMEN[side], level, side, index[k, s],
+                                          *xy, stack["scale"], peak, spread,
+                                          int(geometric[k, s]), learned_ks[k][s]))
+                    p = geometry.to_patient(index[k, s], xy[0] * stack["scale"][0],
+                                            xy[1] * stack["scale"][1])
                     annotated_like.append({"study_id": study_id, "condition": FORAMEN[side],
                                            "level": LEVEL_NAMES[level], "series_id": t1["series_id"],
                                            "px": p[0], "py": p[1], "pz": p[2]})

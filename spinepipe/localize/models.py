@@ -58,16 +58,26 @@ def local_soft_argmax(prob: torch.Tensor, radius: int = 3, search: float | None 
     searched only within ``search`` (a fraction of the map size) of the global expectation, so
     a stronger mode on another disc cannot capture the point.
     """
+    return window_expectation(prob, search_peak(prob, search), radius)
+
+
+def search_peak(prob: torch.Tensor, search: float | None = 0.1) -> torch.Tensor:
+    """Flat cell index (B, K) of each map's maximum within ``search`` of its global mean."""
+    flat = prob.flatten(2)
+    if search is None:
+        return flat.argmax(-1)
+    centre, _ = _expectation(prob)
+    gx, gy = _cell_centres(prob)
+    d2 = ((gx[None, None, None, :] - centre[..., 0, None, None]) ** 2
+          + (gy[None, None, :, None] - centre[..., 1, None, None]) ** 2)
+    return torch.where(d2.flatten(2) <= search**2, flat, torch.zeros_like(flat)).argmax(-1)
+
+
+def window_expectation(prob: torch.Tensor, peak: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """(x, y) in [0, 1]: the expectation of each map (B, K, H, W) within the
+    (2 radius + 1)-cell window around its cell ``peak`` (B, K, flat index)."""
     b, k, h, w = prob.shape
     flat = prob.flatten(2)
-    masked = flat
-    if search is not None:
-        centre, _ = _expectation(prob)
-        gx, gy = _cell_centres(prob)
-        d2 = ((gx[None, None, None, :] - centre[..., 0, None, None]) ** 2
-              + (gy[None, None, :, None] - centre[..., 1, None, None]) ** 2)
-        masked = torch.where(d2.flatten(2) <= search**2, flat, torch.zeros_like(flat))
-    peak = masked.argmax(-1)
     py, px = peak // w, peak % w
     offsets = torch.arange(-radius, radius + 1, device=prob.device)
     ys = (py[..., None] + offsets).clamp(0, h - 1)  # (B, K, R)
