@@ -48,7 +48,8 @@ def dataset_file(name):
 def default_targets():
     targets = ["results/dataset/summary.json", "results/metadata/axial_xref.parquet",
                "results/localize/coordinates.parquet", "results/crops/train/summary.json",
-               "results/crops/test/summary.json", "results/submission.csv",
+               "results/crops/test/summary.json", "results/crops/train_predicted/summary.json",
+               "results/submission.csv",
                "results/eval/cv.json"]
     if SYNTHETIC:
         targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",

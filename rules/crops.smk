@@ -1,5 +1,17 @@
 # Cropped 2.5D views around the localized points, cached as memory-mappable arrays.
 
+# Crop splits: the points each is cut at, and the studies (series.parquet split) it covers.
+# train: annotated points (predicted where none), what the severity models train on;
+# test: predicted points; train_predicted: the train studies at their out-of-fold predicted
+# points only, as a test study is cut (the end-to-end CV grades them).
+CROP_SPLITS = {
+    "train": {"coordinates": "results/localize/coordinates.parquet", "studies": "train"},
+    "test": {"coordinates": "results/localize/coordinates.parquet", "studies": "test"},
+    "train_predicted": {"coordinates": "results/localize/coordinates_train_predicted.parquet",
+                        "studies": "train"},
+}
+CROP_SPLIT_PATTERN = "|".join(sorted(CROP_SPLITS, key=len, reverse=True))
+
 
 def crop_shards(split):
     return expand("results/crops/{split}/shard{shard}.parquet", split=split,
@@ -8,7 +20,7 @@ def crop_shards(split):
 
 rule crops_shard:
     input:
-        coordinates="results/localize/coordinates.parquet",
+        coordinates=lambda wc: CROP_SPLITS[wc.split]["coordinates"],
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         code=code("crops/views", "crops/extract", "crops/build", "geometry", "pixels"),
@@ -17,8 +29,9 @@ rule crops_shard:
         index="results/crops/{split}/shard{shard}.parquet",
     params:
         cfg=config["crops"],
+        studies=lambda wc: CROP_SPLITS[wc.split]["studies"],
     wildcard_constraints:
-        split="train|test",
+        split=CROP_SPLIT_PATTERN,
         shard=r"\d+",
     log:
         "logs/crops/{split}_shard{shard}.log",
@@ -42,7 +55,7 @@ rule crops_index:
         index="results/crops/{split}/index.parquet",
         summary="results/crops/{split}/summary.json",
     wildcard_constraints:
-        split="train|test",
+        split=CROP_SPLIT_PATTERN,
     log:
         "logs/crops/{split}_index.log",
     benchmark:

@@ -121,7 +121,8 @@ rule localize:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         folds="results/folds.parquet",
-        code=code("localize/inference", "localize/pipeline", "xref", "checkpoints", "pixels"),
+        code=code("localize/inference", "localize/decode", "localize/models", "localize/pipeline", "xref",
+                  "checkpoints", "pixels"),
     output:
         predictions="results/localize/predictions_{split}.parquet",
         reasons="results/localize/unlocalized_{split}.csv",
@@ -153,6 +154,9 @@ rule coordinates:
         code=code("localize/coordinates", "xref"),
     output:
         coordinates="results/localize/coordinates.parquet",
+        # the train studies at their out-of-fold predicted points only (crops split
+        # train_predicted: the end-to-end CV)
+        train_predicted="results/localize/coordinates_train_predicted.parquet",
         noise=report("results/localize/label_noise.csv", caption="../report/label_noise.rst",
                      category="Localization"),
         plot=report("results/localize/label_noise.png", caption="../report/label_noise.rst",

@@ -1,4 +1,6 @@
-# Severity classifiers: one job per condition family and fold, out-of-fold evaluation.
+# Severity classifiers: one job per condition family and fold, out-of-fold evaluation (on the
+# annotated points, and end to end: each fold's models over the train studies it held out, at
+# their out-of-fold predicted points).
 
 TRAIN_GPU = 1 if config["train"]["device"] == "cuda" else 0
 # What a model's training depends on: which families exist (families, all_series_model)
@@ -14,6 +16,11 @@ def model_families():
 def oof_predictions():
     return expand("results/train/oof/{family}_fold{fold}.parquet", family=model_families(),
                   fold=range(config["folds"]["n"]))
+
+
+def end_to_end_oof_predictions():
+    return expand("results/predict_oof/{family}_fold{fold}.parquet",
+                  family=config["train"]["families"], fold=range(config["folds"]["n"]))
 
 
 def family_models():
@@ -82,15 +89,54 @@ rule train_model:
         "../workflow_scripts/train_model.py"
 
 
+rule predict_oof:
+    input:
+        model="results/train/models/{family}_fold{fold}.pt",
+        index="results/crops/train_predicted/index.parquet",
+        folds="results/folds.parquet",
+        code=code("classify/end_to_end", "classify/inference", "classify/data", "classify/models",
+                  "classify/pipeline", "checkpoints"),
+    output:
+        "results/predict_oof/{family}_fold{fold}.parquet",
+    params:
+        cfg={k: config["inference"][k] for k in ("tta", "batch_size")},
+        device=config["train"]["device"],
+    wildcard_constraints:
+        family="spinal|foraminal|subarticular",
+        fold=r"\d+",
+    log:
+        "logs/predict_oof/{family}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/predict_oof/{family}_fold{fold}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=TRAIN_GPU,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/predict_oof.py"
+
+
 rule cv_eval:
     input:
-        predictions=oof_predictions(),
+        annotated=oof_predictions(),
+        end_to_end=end_to_end_oof_predictions(),
         labels=dataset_file("train.csv"),
+        folds="results/folds.parquet",
+        index="results/crops/train_predicted/index.parquet",
+        unlocalized="results/localize/unlocalized_train.csv",
+        series="results/metadata/series.parquet",
         parent="results/train/parent_run.json",
-        code=code("classify/evaluate", "classify/plots", "metric"),
+        code=code("classify/end_to_end", "classify/evaluate", "classify/inference", "classify/plots",
+                  "metric"),
     output:
         cv="results/eval/cv_oof.json",
         temperatures="results/train/temperatures.json",
+        predictions="results/eval/oof_end_to_end.csv",
+        degraded=report("results/eval/degraded_rows_oof.csv", caption="../report/degraded_oof.rst",
+                        category="Evaluation"),
         confusion=report("results/eval/confusion_matrices.png", caption="../report/cv.rst",
                          category="Evaluation"),
         calibration=report("results/eval/calibration.png", caption="../report/cv.rst",

@@ -1,5 +1,6 @@
 """Severity models: shapes and masking, the loss, the schedule, temperature scaling, resume,
-learning on the tiny dataset, and the submission's fallbacks."""
+learning on the tiny dataset, the submission's fallbacks, and the end-to-end out-of-fold
+evaluation (no leak, the submission's fallbacks, both CVs)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import pytest
 import torch
 
 from spinepipe.classify.data import CropDataset, family_samples, label_targets
-from spinepipe.classify.evaluate import fit_temperature
+from spinepipe.classify.end_to_end import (LeakError, check_no_leak, end_to_end_predictions, evaluate_cv,
+                                           held_out_studies)
+from spinepipe.classify.evaluate import LOGITS, fit_temperature
 from spinepipe.classify.inference import assemble_submission, ensemble, flip_spinal, validate_submission
 from spinepipe.classify.models import SeverityModel
-from spinepipe.classify.pipeline import build_model, predictions_frame
+from spinepipe.classify.pipeline import PREDICTION_SCHEMA, build_model, predictions_frame
 from spinepipe.classify.training import fit, lr_lambda, severity_loss
 from spinepipe.constants import LABEL_COLUMNS, LEVELS
 from spinepipe.dataset import read_labels
+from spinepipe.folds import make_folds
 from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
 
 from test_crops import CROP_CFG, crops_from_annotations
@@ -224,3 +228,89 @@ def test_validate_submission_rejects_bad_rows():
         validate_submission(sample.reverse(), sample)
     with pytest.raises(ValueError, match="sum to 1"):
         validate_submission(sample.with_columns(severe=pl.lit(0.9)), sample)
+
+
+def _graded(rows: list[tuple[int, str, int]]) -> pl.DataFrame:
+    """Logit rows of predict_test's format: (study, family, grading model's fold) each."""
+    conditions = {"spinal": "spinal_canal_stenosis", "foraminal": "left_neural_foraminal_narrowing",
+                  "subarticular": "left_subarticular_stenosis"}
+    frames = [pl.DataFrame({"row_id": [f"{study}_{conditions[family]}_{lv}" for lv in LEVELS],
+                            "study_id": study, "level": list(LEVELS), "condition": conditions[family],
+                            "family": family, "fold": fold, "views_ok": 1, "views": 1,
+                            "logit_normal_mild": 0.0, "logit_moderate": 0.0, "logit_severe": 0.0})
+              for study, family, fold in rows]
+    return pl.concat(frames).cast(PREDICTION_SCHEMA).select(list(PREDICTION_SCHEMA))
+
+
+def test_check_no_leak_refuses_a_model_that_saw_the_study():
+    folds = pl.DataFrame({"study_id": [1, 2, 3, 4], "fold": [0, 0, 1, 1]})
+    held_out = [(1, "spinal", 0), (2, "spinal", 0), (3, "spinal", 1), (4, "spinal", 1),
+                (3, "foraminal", 1)]
+    check_no_leak(_graded(held_out), folds)
+    check_no_leak(_graded(held_out), folds, {("spinal", 0): [3, 4], ("spinal", 1): [1, 2]})
+    with pytest.raises(LeakError, match="trained on their study"):  # fold 0's model trained on 3
+        check_no_leak(_graded([*held_out[:2], (3, "spinal", 0)]), folds)
+    with pytest.raises(LeakError, match="more than once"):  # an ensemble of folds is no OOF row
+        check_no_leak(_graded([*held_out, (1, "spinal", 0)]), folds)
+    with pytest.raises(LeakError, match="no fold holds out"):
+        check_no_leak(_graded([(9, "spinal", 0)]), folds)
+    with pytest.raises(LeakError, match="trained on 1 of the studies"):  # what the model file says
+        check_no_leak(_graded(held_out), folds, {("spinal", 0): [2, 3, 4]})
+    renamed = _graded(held_out[:1]).with_columns(study_id=pl.lit(2, dtype=pl.Int64))
+    with pytest.raises(LeakError, match="names another study"):
+        check_no_leak(renamed, folds)
+
+
+def test_end_to_end_oof_grades_every_train_row_as_the_submission_would(tiny_crops, tmp_path):
+    index, labels, _ = tiny_crops
+    folds = make_folds(labels, 2, 0)
+    studies = sorted(labels["study_id"].to_list())
+    fold_of = dict(folds.select("study_id", "fold").iter_rows())
+    # one study lost its axial series; another has no crops at all
+    no_axial, absent = studies[0], studies[1]
+    lost = (pl.col("study_id") == no_axial) & pl.col("view").str.starts_with("axial")
+    index = index.with_columns(status=pl.when(lost).then(pl.lit("no_series")).otherwise(pl.col("status")))
+    index = index.filter(pl.col("study_id") != absent)
+    rng = np.random.default_rng(0)
+    frames = []
+    for family in ("spinal", "foraminal", "subarticular"):
+        for fold in (0, 1):
+            held_out = index.filter(pl.col("study_id").is_in(held_out_studies(folds, fold)))
+            samples = family_samples(family, held_out)
+            frames.append(predictions_frame(samples, rng.normal(size=(len(samples), 1, 3)), family, fold))
+    logits = pl.concat(frames)
+    probs, degraded = end_to_end_predictions(logits, folds, labels, {"spinal": 2.0}, index)
+    assert probs["row_id"].to_list() == labels_to_long(labels)["row_id"].to_list()
+    assert probs["fold"].to_list() == [fold_of[int(r.split("_")[0])] for r in probs["row_id"]]
+    fallback = dict(zip(degraded["row_id"], degraded["fallback"]))
+    for lv in LEVELS:
+        assert fallback[f"{no_axial}_left_subarticular_stenosis_{lv}"] == "prior"
+        assert fallback[f"{no_axial}_spinal_canal_stenosis_{lv}"] == "model (other series)"
+    assert sum(r.startswith(f"{absent}_") and f == "prior" for r, f in fallback.items()) == 25
+    # the prior of a held-out row comes from the other folds' labels only
+    row = f"{absent}_spinal_canal_stenosis_l4_l5"
+    others = labels.filter(pl.col("study_id").is_in(held_out_studies(folds, 1 - fold_of[absent])))
+    expected = prior_predictions(others, [row]).select("normal_mild", "moderate", "severe").to_numpy()
+    got = probs.filter(pl.col("row_id") == row).select("normal_mild", "moderate", "severe").to_numpy()
+    assert np.allclose(got, expected, atol=1e-6)
+    # a model row is its one held-out model's temperature-scaled softmax
+    row = f"{studies[2]}_spinal_canal_stenosis_l3_l4"
+    z = logits.filter(pl.col("row_id") == row).select(LOGITS).to_numpy()[0] / 2.0
+    got = probs.filter(pl.col("row_id") == row).select("normal_mild", "moderate", "severe").to_numpy()[0]
+    assert np.allclose(got, np.exp(z) / np.exp(z).sum(), atol=1e-6)
+    # a row graded by the fold that trained on it is refused
+    with pytest.raises(LeakError):
+        end_to_end_predictions(logits.with_columns(fold=1 - pl.col("fold")), folds, labels, {}, index)
+    # cv.json: both CVs, each with its terms, per condition and per level
+    result, temperatures, _, _ = evaluate_cv(logits, logits, labels, folds, index, None, None,
+                                             np.array([1.0, 2.0, 4.0]), True, tmp_path)
+    for suffix in ("", "_annotated_points"):
+        assert np.isfinite(result[f"cv_score{suffix}"])
+        assert set(result[f"cv_terms{suffix}"]) == {"spinal", "foraminal", "subarticular",
+                                                    "any_severe_spinal"}
+        assert result[f"per_condition{suffix}"] and result[f"per_level{suffix}"]
+    on_prior = sum(f == "prior" for f in fallback.values())
+    assert result["end_to_end"]["rows_on_prior"] == on_prior >= 25 + 5 * 2
+    assert result["n_rows"] == 25 * len(studies) and set(temperatures) == {"spinal", "foraminal",
+                                                                          "subarticular"}
+    assert (tmp_path / "calibration.png").is_file()

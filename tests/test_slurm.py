@@ -28,7 +28,7 @@ SLURM_RULES = {"synthesize_shard", "synthesize", "dataset_summary", "synthetic_l
                "instances_shard", "metadata", "axial_xref", "geometry_eval", "tracking_init",
                "folds", "localizer_stacks", "train_localizer", "localize", "coordinates",
                "localize_eval", "crops_shard", "crops_index", "train_parent_run", "train_model",
-               "cv_eval", "predict_test", "submission", "cv_report"}
+               "predict_oof", "cv_eval", "predict_test", "submission", "cv_report"}
 RUN_LIMIT_S = 1200
 
 

@@ -15,6 +15,10 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY
+from spinepipe import checkpoints
+from spinepipe.classify.end_to_end import check_no_leak
+from spinepipe.dataset import read_labels
+from spinepipe.metric import labels_to_long
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
@@ -115,6 +119,47 @@ def test_damaged_test_studies_still_get_a_complete_submission(workflow_run):
 
 
 @pytest.mark.slow
+def test_end_to_end_cv_grades_every_train_row_with_the_fold_that_held_it_out(workflow_run):
+    workflow_run, _ = workflow_run
+    results = workflow_run / "results"
+    cv = json.loads((results / "eval" / "cv.json").read_text())
+    terms = {"spinal", "foraminal", "subarticular", "any_severe_spinal"}
+    for suffix in ("", "_annotated_points"):  # end to end (the headline), classifier only
+        assert np.isfinite(cv[f"cv_score{suffix}"]), suffix
+        assert set(cv[f"cv_terms{suffix}"]) == terms, suffix
+        assert cv[f"per_condition{suffix}"] and cv[f"per_level{suffix}"], suffix
+    assert cv["localization_cost"] == pytest.approx(cv["cv_score"] - cv["cv_score_annotated_points"])
+    # every train study x 25 rows, each graded by the fold that held its study out
+    labels = read_labels(results / "synthetic" / "train.csv")
+    folds = pl.read_parquet(results / "folds.parquet")
+    probs = pl.read_csv(results / "eval" / "oof_end_to_end.csv")
+    assert probs["row_id"].to_list() == labels_to_long(labels)["row_id"].to_list()
+    assert probs.height == 25 * TINY["synthetic"]["n_train"] == cv["n_rows"]
+    fold_of = dict(folds.select("study_id", "fold").iter_rows())
+    assert probs["fold"].to_list() == [fold_of[int(r.split("_")[0])] for r in probs["row_id"]]
+    assert np.allclose(probs.select("normal_mild", "moderate", "severe").to_numpy().sum(1), 1.0)
+    degraded = pl.read_csv(results / "eval" / "degraded_rows_oof.csv")
+    assert set(degraded["row_id"]) <= set(probs["row_id"])
+    assert cv["end_to_end"]["rows_on_prior"] == (degraded["fallback"] == "prior").sum()
+    # the crops were cut at the out-of-fold predicted points only
+    crops = pl.read_parquet(results / "crops" / "train_predicted" / "index.parquet")
+    assert set(crops["study_id"]) == set(labels["study_id"])
+    assert "annotated" not in set(crops["source"].drop_nulls())
+    # predict_oof: each fold model graded exactly the studies its fold held out, none it saw
+    frames, train_studies = [], {}
+    for family in ("spinal", "foraminal", "subarticular"):
+        for fold in range(TINY["folds"]["n"]):
+            frame = pl.read_parquet(results / "predict_oof" / f"{family}_fold{fold}.parquet")
+            held_out = set(folds.filter(pl.col("fold") == fold)["study_id"])
+            assert set(frame["study_id"]) == held_out and (frame["fold"] == fold).all()
+            meta = checkpoints.load(results / "train" / "models" / f"{family}_fold{fold}.pt")["meta"]
+            assert not held_out & set(meta["train_studies"])
+            train_studies[(family, fold)] = meta["train_studies"]
+            frames.append(frame)
+    check_no_leak(pl.concat(frames), folds, train_studies)
+
+
+@pytest.mark.slow
 def test_html_report(workflow_run):
     workflow_run, _ = workflow_run
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", "report.html")
@@ -164,5 +209,5 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
     assert result.returncode == 0, result.stderr[-2000:]
     folds = TINY["folds"]["n"]
     assert planned_jobs(result.stdout) == {
-        "train_parent_run": 1, "train_model": 3 * folds, "cv_eval": 1, "predict_test": 3 * folds,
-        "submission": 1, "cv_report": 1, "all": 1}, result.stdout[-3000:]
+        "train_parent_run": 1, "train_model": 3 * folds, "predict_oof": 3 * folds, "cv_eval": 1,
+        "predict_test": 3 * folds, "submission": 1, "cv_report": 1, "all": 1}, result.stdout[-3000:]

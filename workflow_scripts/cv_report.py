@@ -1,5 +1,5 @@
-"""Rule cv_report: cv.json = the out-of-fold evaluation plus, where test labels exist
-(synthetic data), the submission's test score and the prior's."""
+"""Rule cv_report: cv.json = the out-of-fold evaluation (end to end and on annotated points)
+plus, where test labels exist (synthetic data), the submission's test score and the prior's."""
 import json
 import logging
 from pathlib import Path
@@ -22,7 +22,8 @@ if snakemake.input.test_labels:
     result.update(test_score=test["score"], test_prior_score=prior["score"],
                   test_terms={k: v for k, v in test.items() if k != "score"})
 Path(snakemake.output[0]).write_text(json.dumps(result, indent=2))
-logging.info("cv %.4f (prior %.4f); test %s (prior %s)", result["cv_score"], result["prior_score"],
+logging.info("cv %.4f end to end, %.4f on annotated points (prior %.4f); test %s (prior %s)",
+             result["cv_score"], result["cv_score_annotated_points"], result["prior_score"],
              result.get("test_score"), result.get("test_prior_score"))
 parent = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
 finish_run(snakemake.params.tracking, parent,

@@ -62,7 +62,8 @@ def _labelled(probs: pl.DataFrame, labels: pl.DataFrame) -> tuple[pl.DataFrame, 
             joined["target"].cast(pl.Int64).to_numpy())
 
 
-def _breakdown(probs: pl.DataFrame, labels: pl.DataFrame, class_weights: np.ndarray) -> dict[str, Any]:
+def breakdown(probs: pl.DataFrame, labels: pl.DataFrame, class_weights: np.ndarray) -> dict[str, Any]:
+    """``per_condition`` and ``per_level``: the weighted log loss of the labelled rows."""
     joined, p, t = _labelled(probs, labels)
     out: dict[str, Any] = {"per_condition": {}, "per_level": {}}
     for condition in CONDITIONS:
@@ -100,7 +101,7 @@ def evaluate_oof(predictions: pl.DataFrame, labels: pl.DataFrame, class_weights:
         "prior_terms": {k: v for k, v in prior.items() if k != "score"},
         "cv_score_uncalibrated": uncalibrated["score"], "temperatures": temperatures,
         "n_studies": len(studies), "n_rows": probs.height,
-        **_breakdown(probs, scored_labels, class_weights)}
+        **breakdown(probs, scored_labels, class_weights)}
     all_series = predictions.filter(pl.col("family") == "all")
     if all_series.height:
         all_probs = to_probabilities(all_series, temperatures)
@@ -109,10 +110,16 @@ def evaluate_oof(predictions: pl.DataFrame, labels: pl.DataFrame, class_weights:
                             "per_family_uncalibrated": uncalibrated["score"],
                             "all_series_uncalibrated": score(scored_labels, to_probabilities(all_series, {}))["score"]}
     if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
-        joined, p, t = _labelled(probs, scored_labels)
-        matrices = {c: confusion(t[sel], p[sel].argmax(-1)) for c in CONDITIONS
-                    if (sel := (joined["condition"] == c).to_numpy()).any()}
-        plot_confusions(matrices, figures / "confusion_matrices.png")
-        plot_calibration(p, t, figures / "calibration.png")
+        plot_evaluation(probs, scored_labels, figures)
     return result, temperatures
+
+
+def plot_evaluation(probs: pl.DataFrame, labels: pl.DataFrame, figures: Path) -> None:
+    """confusion_matrices.png (one per condition) and calibration.png of ``probs``
+    (``row_id`` and the three probabilities) against the labelled rows."""
+    figures.mkdir(parents=True, exist_ok=True)
+    joined, p, t = _labelled(probs, labels)
+    matrices = {c: confusion(t[sel], p[sel].argmax(-1)) for c in CONDITIONS
+                if (sel := (joined["condition"] == c).to_numpy()).any()}
+    plot_confusions(matrices, figures / "confusion_matrices.png")
+    plot_calibration(p, t, figures / "calibration.png")

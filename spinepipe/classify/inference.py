@@ -124,7 +124,7 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
         context = [why for description, why in reasons_by_study.get(int(study), [])
                    if description is None or description in descriptions]
         if merged["views"][i] is None:
-            reason = "no prediction for this row (study absent from the test crops)"
+            reason = "no prediction for this row (study absent from the crops)"
         elif not finite[i]:
             reason = "non-finite model output"
         elif views_ok[i] == 0:

@@ -116,7 +116,10 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
         # the outputs first, then the tracking store (best effort: it never loses them)
         checkpoints.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                           "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
-                                   "history": history, **summary}}, out_model)
+                                   "history": history, **summary,
+                                   # the studies it learnt from: predict_oof checks that none
+                                   # of them is graded by it (spinepipe.classify.end_to_end)
+                                   "train_studies": sorted({s.study_id for s in train})}}, out_model)
         predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
         log_metrics(summary, None)
         with tempfile.TemporaryDirectory() as tmp:

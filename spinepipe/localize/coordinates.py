@@ -59,16 +59,25 @@ def merge_coordinates(annotated: pl.DataFrame, predicted_train: pl.DataFrame,
         side=side, source=pl.lit("annotated"), confidence=pl.lit(1.0), spread_px=pl.lit(0.0))
     if action in ("replace", "drop"):
         ann = ann.join(noisy_keys, on=["study_id", "condition", "level"], how="anti")
-    pred_cols = predicted_train.with_columns(source=pl.lit("predicted"))
+    pred_cols = predicted_coordinates(predicted_train)
     # predictions fill every (study, condition, level) the annotations do not cover
     fill = pred_cols.join(ann.select("study_id", "condition", "level"),
                           on=["study_id", "condition", "level"], how="anti")
     if action == "drop":
         fill = fill.join(noisy_keys, on=["study_id", "condition", "level"], how="anti")
-    test = predicted_test.with_columns(source=pl.lit("predicted"))
+    test = predicted_coordinates(predicted_test)
     columns = list(COORDINATE_SCHEMA)
     merged = pl.concat([ann.select(columns), fill.select(columns), test.select(columns)])
     return merged.sort("study_id", "condition", "level"), noise
+
+
+def predicted_coordinates(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Predicted points (``predictions_{split}.parquet``) in the schema of
+    coordinates.parquet, source ``predicted``. For the train split these are the out-of-fold
+    points the end-to-end CV cuts its crops at (``coordinates_train_predicted.parquet``):
+    every train study located as a test study is, annotations ignored."""
+    return predictions.with_columns(source=pl.lit("predicted")).select(
+        [pl.col(c).cast(t) for c, t in COORDINATE_SCHEMA.items()])
 
 
 def plot_label_noise(noise: pl.DataFrame, threshold_mm: float, path: Path) -> None:
