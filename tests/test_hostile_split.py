@@ -69,19 +69,32 @@ def test_lossless_syntaxes_decode_bit_for_bit(runs):
     assert checked > 100
 
 
+def _degraded(results: Path) -> dict[str, tuple[str, str]]:
+    table = pl.read_csv(results / "eval" / "degraded_rows.csv")
+    return {r: (reason, fallback) for r, reason, fallback in table.iter_rows()}
+
+
 @pytest.mark.slow
-def test_every_encoded_file_is_read_and_no_encoded_study_is_degraded(runs):
-    plan, _, _, hostile = runs
+def test_every_encoded_file_is_read_and_nothing_leaks_into_healthy_rows(runs):
+    plan, _, clean, hostile = runs
     instances = pl.read_parquet(hostile / "metadata" / "instances.parquet")
     encoded = instances.filter(pl.col("study_id").is_in(list(plan.encoded)))
     assert encoded.height == len(plan.encoded_files)
     assert (encoded["status"] == "ok").all(), encoded.filter(pl.col("status") != "ok")["error"].to_list()[:3]
     series = pl.read_parquet(hostile / "metadata" / "series.parquet")
     assert series.filter(pl.col("study_id").is_in(list(plan.encoded)))["geometry_ok"].all()
-    degraded = pl.read_csv(hostile / "eval" / "degraded_rows.csv")
-    hit = degraded.filter(pl.col("row_id").map_elements(_study, return_dtype=pl.Int64)
-                          .is_in(list(plan.encoded) + plan.healthy))
-    assert hit.height == 0, hit.rows()[:5]
+    assert series.filter(pl.col("study_id").is_in(list(plan.encoded)))["defects"].is_null().all()
+    # A study whose files are intact (or losslessly re-encoded) is degraded exactly as in the
+    # run without the hostile studies: a row the small test models cannot cut stays so, and
+    # nothing of another study's damage reaches it.
+    before, after = _degraded(clean), _degraded(hostile)
+    for study in plan.unchanged:
+        assert ({r: v for r, v in before.items() if _study(r) == study}
+                == {r: v for r, v in after.items() if _study(r) == study}), study
+    lossy = [s for s in plan.encoded if s not in plan.unchanged]
+    for row_id, (reason, _) in after.items():
+        if _study(row_id) in lossy:  # no decoding or series problem, whatever the model does
+            assert not any(w in reason for w in ("decoded", "unusable", "bad_", "keyed")), reason
 
 
 @pytest.mark.slow
@@ -97,8 +110,7 @@ def test_submission_is_complete_and_every_defect_is_reported(runs):
     for study, defect in plan.defects.items():
         rows = [r for r in sample["row_id"] if _study(r) == study]
         affected = [r for r in rows if defect.series in FAMILY_DESCRIPTIONS[_family(r)]]
-        if defect.changes_nothing:
-            assert not [r for r in rows if r in reasons], (defect.name, [reasons[r] for r in rows if r in reasons])
+        if defect.changes_nothing:  # checked against the clean run (test above)
             continue
         for row_id in affected:
             assert row_id in reasons, (defect.name, row_id)
@@ -107,8 +119,10 @@ def test_submission_is_complete_and_every_defect_is_reported(runs):
                 assert fallbacks[row_id] == "prior", (defect.name, row_id, reasons[row_id])
             else:
                 assert fallbacks[row_id].startswith("model"), (defect.name, row_id, reasons[row_id])
-        untouched = [r for r in rows if r not in affected]
-        assert not [r for r in untouched if r in reasons], (defect.name, [reasons[r] for r in untouched if r in reasons])
+        # rows graded on other series may still miss a view the small test models place
+        # badly, but never for this defect's reason
+        untouched = [r for r in rows if r not in affected and r in reasons]
+        assert not [r for r in untouched if defect.series in reasons[r]], (defect.name, [reasons[r] for r in untouched])
 
 
 @pytest.mark.slow
