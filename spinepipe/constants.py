@@ -1,4 +1,4 @@
-"""Names fixed by the competition's data format (see shared/DESIGN.md)."""
+"""Names fixed by the competition's data format (RSNA 2024 Lumbar Spine Degenerative Classification)."""
 
 from __future__ import annotations
 

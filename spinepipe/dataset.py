@@ -1,4 +1,4 @@
-"""Reading and checking a competition-layout dataset (shared/DESIGN.md, input contract).
+"""Reading and checking a competition-layout dataset (the input contract: README, "The synthetic dataset" lists the files and columns).
 
 The readers below are the one place the competition CSVs are parsed and checked; every stage
 reads them through these, so every stage sees the same checked, deduplicated tables.

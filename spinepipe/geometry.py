@@ -1,6 +1,6 @@
 """Pixel <-> patient geometry of DICOM slices (LPS, mm), vectorised with numpy.
 
-Convention (DICOM, shared/DESIGN.md): pixel (col=x, row=y) of a slice maps to
+Convention (DICOM PS3.3 C.7.6.2, patient coordinates LPS in mm): pixel (col=x, row=y) of a slice maps to
 ``IPP + x * PixelSpacing[1] * IOP[0:3] + y * PixelSpacing[0] * IOP[3:6]``.
 """
 

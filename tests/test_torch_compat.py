@@ -1,4 +1,4 @@
-"""timm imports and runs on this machine's CPU torch (see DEVELOPERS.md, known traps)."""
+"""timm imports and runs on this machine's CPU torch: the only matching torchvision is a CUDA build, which spinepipe.torch_compat makes importable."""
 
 from __future__ import annotations
 
