@@ -84,13 +84,14 @@ rule localizer_stacks:
 rule train_localizer:
     input:
         stacks="results/localize/stacks/train/index.parquet",
+        instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         xref="results/metadata/axial_xref.parquet",
         folds="results/folds.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
         tracking="results/tracking/experiment.txt",
         code=code("localize/models", "localize/samples", "localize/training", "localize/pipeline",
-                  "checkpoints"),
+                  "checkpoints", "geometry", "xref"),
     output:
         model="results/localize/models/{kind}_{task}_fold{fold}.pt",
     params:

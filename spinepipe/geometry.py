@@ -155,5 +155,16 @@ class StackGeometry:
         d = -self.distances(reference)  # slice minus reference, along each slice normal
         return d * np.sign(self.normals @ LEFT)
 
+    @property
+    def mirrored(self) -> bool:
+        """Columns run towards the patient's right: the image is the mirror of the
+        radiological view (patient left on the image's right). Axial stacks of a feet-first
+        or flipped acquisition are; a model that reads left and right off the image must see
+        them flipped back."""
+        along_left = float(np.median(self.row_dir @ LEFT))
+        # only for rows that run across the patient (axial, coronal); a sagittal row runs
+        # front to back and has no left-right sense
+        return along_left < -0.5
+
     def in_image(self, index: int, x: float, y: float) -> bool:
         return bool(0 <= x <= self.columns[index] - 1 and 0 <= y <= self.rows[index] - 1)

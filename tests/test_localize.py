@@ -317,3 +317,49 @@ def test_localizer_decodes_the_sagittal_levels_jointly(tiny_dataset, tmp_path, j
             assert np.allclose(found, expected, atol=0.5)
         else:
             assert np.allclose(found[2], expected[3], atol=0.5)
+
+
+def test_axial_samples_show_left_and_right_as_the_patient_has_them(quirky_dataset, tmp_path):
+    """Feet-first axial stacks are mirrored images (patient left on the image's left): their
+    crops are flipped back, so the left recess is on the image's right in every sample and
+    the point model never learns a side from the scanner's convention."""
+    from spinepipe.localize.pipeline import mirrored_series
+    from spinepipe.xref import annotation_points, axial_cross_reference, level_points
+
+    dataset, _ = quirky_dataset
+    instances, series, index = _prepare(dataset, "train", tmp_path)
+    geometries = stack_geometries(instances, series)
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    xref = axial_cross_reference(level_points(annotation_points(coords, geometries), geometries),
+                                 series, geometries, None)
+    mirrored = mirrored_series(instances, series)
+    quirks = pl.read_csv(dataset / "quirks.csv")
+    feet_first = set(quirks.filter(pl.col("quirk") == "feet_first")["study_id"].to_list())
+    axial = series.filter(pl.col("series_description") == "Axial T2")
+    assert mirrored == set(axial.filter(pl.col("study_id").is_in(list(feet_first)))["series_id"])
+    assert mirrored, "the quirky dataset has feet-first studies"
+
+    def left_of_right(samples):
+        return [s.points[0, 0] > s.points[1, 0] for s in samples if s.mask.all()]
+
+    as_stored = point_samples("axial_t2", coords, StackCache(index), series, xref, 32)
+    canonical = point_samples("axial_t2", coords, StackCache(index), series, xref, 32,
+                              mirrored=mirrored)
+    assert not all(left_of_right(as_stored))  # the raw images disagree on the side
+    assert len(left_of_right(canonical)) == len(left_of_right(as_stored)) > 0
+    assert all(left_of_right(canonical))
+
+
+def test_flipping_a_crop_moves_its_points_with_it_and_back():
+    """The flip the training samples and inference share: points follow the pixels (centres
+    at integer x) and a second flip restores both, so a point found on a flipped crop maps
+    back to the pixel it was found on."""
+    from spinepipe.localize.samples import flip_columns
+
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    points = np.array([[20.0, 10.0], [9.5, 11.0]])
+    flipped, moved = flip_columns(image, points)
+    assert np.array_equal(flipped[:, ::-1], image)
+    assert np.allclose(moved[:, 0], 31 - points[:, 0])
+    back = flip_columns(flipped, moved)
+    assert np.array_equal(back[0], image) and np.allclose(back[1], points)

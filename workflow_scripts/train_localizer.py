@@ -11,6 +11,7 @@ setup_logging(snakemake.log[0])
 train_fold(snakemake.wildcards.kind, snakemake.wildcards.task, int(snakemake.wildcards.fold),
            coordinates=read_coordinates(Path(snakemake.input.coordinates)),
            stack_index=pl.read_parquet(snakemake.input.stacks),
+           instances=pl.read_parquet(snakemake.input.instances),
            series=pl.read_parquet(snakemake.input.series),
            xref=pl.read_parquet(snakemake.input.xref), folds=pl.read_parquet(snakemake.input.folds),
            cfg=snakemake.params.cfg, tracking=snakemake.params.tracking,

@@ -22,7 +22,8 @@ from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, 
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.decode import DECODE_DEFAULTS, MapFrames, check_decode, decode_levels
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
-from spinepipe.localize.samples import LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop, downsample_stack
+from spinepipe.localize.samples import (LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop,
+                                        downsample_stack, flip_columns)
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
 
@@ -274,6 +275,8 @@ class StudyLocalizer:
         for series_id in axial["series_id"].to_list():
             srow = axial.filter(pl.col("series_id") == series_id).row(0, named=True)
             stack = self.cache.get(series_id)
+            # the point model learned left and right in the radiological view (samples.point_samples)
+            mirrored = self.geometries[series_id].mirrored
             learned = predict_slices(self.models["axial_t2"].slice, stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
             for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
@@ -283,8 +286,12 @@ class StudyLocalizer:
                 scale = stack["scale"]
                 image, corner = crop(stack["images"][index].astype(np.float32),
                                      (r["x"] / scale[0], r["y"] / scale[1]), size)
+                if mirrored:
+                    image = flip_columns(image, np.zeros((0, 2)))[0]
                 xy, peak, spread = predict_points(self.models["axial_t2"].point, image[None],
                                                   self.cfg["decode"])
+                if mirrored:
+                    xy = flip_columns(image, xy)[1]
                 for s, side in enumerate(SIDES):
                     x, y = xy[0, s] + corner
                     rows.append(self._row(study_id, srow, RECESS[side], LEVELS[k], side, index, x, y,

@@ -20,9 +20,15 @@ from spinepipe.xref import slice_reader, stack_geometries
 log = logging.getLogger(__name__)
 
 
+def mirrored_series(instances: pl.DataFrame, series: pl.DataFrame) -> frozenset[int]:
+    """Series whose images are the mirror of the radiological view (``StackGeometry.mirrored``)."""
+    return frozenset(series_id for series_id, geometry in stack_geometries(instances, series).items()
+                     if geometry.mirrored)
+
+
 def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, stack_index: pl.DataFrame,
-               series: pl.DataFrame, xref: pl.DataFrame, folds: pl.DataFrame, cfg: dict[str, Any],
-               tracking: dict[str, Any], out: Path, threads: int) -> dict[str, float]:
+               instances: pl.DataFrame, series: pl.DataFrame, xref: pl.DataFrame, folds: pl.DataFrame,
+               cfg: dict[str, Any], tracking: dict[str, Any], out: Path, threads: int) -> dict[str, float]:
     """Train the ``kind`` model of ``task`` on every fold but ``fold``; validate on ``fold``."""
     torch.set_num_threads(max(threads, 1))
     cache = StackCache(stack_index)
@@ -30,7 +36,8 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
     model_cfg = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold}
     if kind == "point":
         samples = point_samples(task, coordinates, cache, series, xref, cfg["axial_crop"],
-                                neighbours=cfg["neighbours"])
+                                neighbours=cfg["neighbours"],
+                                mirrored=mirrored_series(instances, series) if task == "axial_t2" else frozenset())
         train = [s for s in samples if s.study_id not in held_out]
         val = [s for s in samples if s.study_id in held_out and s.meta.get("offset", 0) == 0]
     else:

@@ -65,10 +65,22 @@ def _decoded(stack: dict, index: int) -> bool:
     return bool(stack["slice_ok"][index]) if "slice_ok" in stack else True
 
 
+def flip_columns(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image mirrored left-right and its (K, 2) points with it (pixel centres at integer
+    x, as in the annotations). Its own inverse."""
+    flipped = points.copy()
+    flipped[..., 0] = image.shape[1] - 1 - points[..., 0]
+    return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
 def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, series: pl.DataFrame,
                   xref: pl.DataFrame | None, axial_crop: int,
-                  neighbours: int = 0) -> list[PointSample]:
+                  neighbours: int = 0, mirrored: frozenset[int] = frozenset()) -> list[PointSample]:
     """One sample per annotated slice (sagittal) or per annotated level crop (axial).
+
+    Axial crops of a ``mirrored`` series (``StackGeometry.mirrored``: feet-first or flipped,
+    patient left on the image's left) are flipped back, so the left recess channel always
+    learns the patient's left, whatever the scanner wrote.
 
     ``neighbours`` adds the slices next to an annotated sagittal slice with the same points:
     the canal and the foramina are tubes crossing several slices, and it teaches the model
@@ -124,6 +136,8 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
             side = SIDES.index(conditions[r["condition"]])
             points[side] = (r["x"] / scale[0] - corner[0], r["y"] / scale[1] - corner[1])
             mask[side] = True
+        if series_id in mirrored:
+            image, points = flip_columns(image, points)
         samples.append(PointSample(int(study_id), image, points, mask,
                                    spacing[series_id] * float(scale[0])))
     return samples
