@@ -11,6 +11,7 @@ by a timed test.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -20,6 +21,7 @@ import polars as pl
 import torch
 
 from spinepipe.classify.data import CropDataset, build_augment, family_samples, label_targets
+from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.pipeline import build_model
 from spinepipe.classify.training import fit
 from spinepipe.config import load_config
@@ -62,7 +64,9 @@ def main() -> None:
     samples = family_samples(args.family, crop_index, label_targets(labels_to_long(labels)))
     samples = [s for s in samples if s.usable and (s.target >= 0).any()]
     cfg = config["train"] | {"epochs": args.epochs}
-    data = config["crops"] | {"slice_jitter": cfg["slice_jitter"], "point_jitter": cfg["point_jitter"]}
+    error_file = results / "localize" / "oof_error.json"
+    errors = json.loads(error_file.read_text()) if error_file.exists() else {}
+    data = config["crops"] | resolve_jitter(args.family, cfg, config["crops"], errors)
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             history = fit(build_model(args.family, config["crops"], cfg),

@@ -158,6 +158,8 @@ rule coordinates:
         # the train studies at their out-of-fold predicted points only (crops split
         # train_predicted: the end-to-end CV)
         train_predicted="results/localize/coordinates_train_predicted.parquet",
+        # quantiles of the out-of-fold localization error per family (the training jitter)
+        oof_error="results/localize/oof_error.json",
         noise=report("results/localize/label_noise.csv", caption="../report/label_noise.rst",
                      category="Localization"),
         plot=report("results/localize/label_noise.png", caption="../report/label_noise.rst",

@@ -56,11 +56,16 @@ rule train_parent_run:
 rule train_model:
     input:
         index="results/crops/train/index.parquet",
+        # the same samples cut at their out-of-fold predicted points: a share of the
+        # training draws (train.predicted_point_share) sees what test time will show
+        predicted_index="results/crops/train_predicted/index.parquet",
+        # measured out-of-fold localization error: sets the jitter when it is 'auto'
+        localization_error="results/localize/oof_error.json",
         labels=dataset_file("train.csv"),
         folds="results/folds.parquet",
         parent="results/train/parent_run.json",
-        code=code("classify/data", "classify/models", "classify/training", "classify/pipeline",
-                  "crops/views", "checkpoints"),
+        code=code("classify/data", "classify/jitter", "classify/models", "classify/training",
+                  "classify/pipeline", "crops/views", "checkpoints"),
     output:
         model="results/train/models/{family}_fold{fold}.pt",
         predictions="results/train/oof/{family}_fold{fold}.parquet",

@@ -314,3 +314,64 @@ def test_end_to_end_oof_grades_every_train_row_as_the_submission_would(tiny_crop
     assert result["n_rows"] == 25 * len(studies) and set(temperatures) == {"spinal", "foraminal",
                                                                           "subarticular"}
     assert (tmp_path / "calibration.png").is_file()
+
+
+def _twin_samples(tmp_path, n=4):
+    """Samples whose annotated crops hold 1.0 and whose predicted-point twins hold 2.0."""
+    from spinepipe.classify.data import Sample, attach_predicted
+
+    shape = (n, 5, CROP_CFG["size"] + 2 * CROP_CFG["margin"], CROP_CFG["size"] + 2 * CROP_CFG["margin"])
+    paths = {}
+    for name, value in (("annotated", 1.0), ("predicted", 2.0)):
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], np.full(shape, value, dtype=np.float16))
+
+    def make(name, i, status="ok"):
+        return Sample(i, LEVELS[0], "left", [f"{i}_x_l1_l2"], [(paths[name], i)], [[True] * 5], [status],
+                      np.array([0]))
+
+    samples = [make("annotated", i) for i in range(n)]
+    # the last twin has no usable view: its sample keeps the annotated crop
+    twins = [make("predicted", i, "ok" if i < n - 1 else "missing_series") for i in range(n)]
+    assert attach_predicted(samples, twins) == n - 1
+    return samples
+
+
+def test_training_draws_the_predicted_point_twin_at_the_configured_share(tmp_path):
+    samples = _twin_samples(tmp_path)
+    data = CROP_CFG | {"slice_jitter": 0, "point_jitter": 0}
+
+    def values(share, train=True, rounds=50):
+        dataset = CropDataset(samples, data | {"predicted_point_share": share}, train=train, seed=3)
+        return np.array([[float(dataset[i]["image"].mean()) for i in range(len(samples))]
+                         for _ in range(rounds)])
+
+    assert (values(0.0) == 1.0).all()
+    always = values(1.0)
+    assert (always[:, :-1] == 2.0).all() and (always[:, -1] == 1.0).all()
+    assert (values(1.0, train=False) == 1.0).all()  # validation and prediction: annotated only
+    half = values(0.5)[:, :-1]
+    assert 0.35 < (half == 2.0).mean() < 0.65
+
+
+def test_auto_jitter_follows_the_measured_localization_error():
+    from spinepipe.classify.jitter import resolve_jitter
+
+    errors = {"spinal": {"axis_mm": {"q80": 2.0}, "axis_share": {"q80": 0.01}, "slice": {"q80": 0.6}},
+              "subarticular": {"axis_mm": {"q80": 4.0}, "axis_share": {"q80": 0.03}, "slice": {"q80": 1.4}},
+              "foraminal": {"axis_mm": None, "axis_share": None, "slice": None}}
+    auto = {"point_jitter": "auto", "slice_jitter": "auto", "jitter_quantile": 0.8}
+    wide = CROP_CFG | {"margin": 8, "extra_slices": 2}
+    # spinal: the sagittal view moves 2 mm = 0.9 crop px (56 mm over 24 px), the axial canal
+    # view (centred on the recess points) 4 mm = 1.5 px (64 mm): the larger wins
+    assert resolve_jitter("spinal", auto, wide, errors) == {"point_jitter": 2, "slice_jitter": 1}
+    assert resolve_jitter("subarticular", auto, wide, errors) == {"point_jitter": 2, "slice_jitter": 1}
+    # never beyond what the cache holds
+    assert resolve_jitter("spinal", auto, CROP_CFG | {"margin": 1}, errors)["point_jitter"] == 1
+    # ratio crops: the error as a share of the image, over the window's share
+    ratio = wide | {"mode": "ratio"}
+    assert resolve_jitter("subarticular", auto, ratio, errors)["point_jitter"] == round(0.03 * 24 / 0.27)
+    # nothing measured: no jitter (and a warning), fixed numbers pass through
+    assert resolve_jitter("foraminal", auto, wide, errors) == {"point_jitter": 0, "slice_jitter": 0}
+    assert resolve_jitter("foraminal", {"point_jitter": 3, "slice_jitter": 1}, wide, {}) == {
+        "point_jitter": 3, "slice_jitter": 1}

@@ -363,3 +363,35 @@ def test_flipping_a_crop_moves_its_points_with_it_and_back():
     assert np.allclose(moved[:, 0], 31 - points[:, 0])
     back = flip_columns(flipped, moved)
     assert np.array_equal(back[0], image) and np.allclose(back[1], points)
+
+
+def test_out_of_fold_error_is_measured_per_axis_and_slice(tiny_train):
+    """oof_error.json's figures: a prediction 3 pixels right and one slice over gives that
+    much column error and a slice offset of one; the rest are exact."""
+    from spinepipe.localize.coordinates import error_summary, localization_errors
+
+    dataset, instances, series, _ = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv").filter(
+        pl.col("condition") == "Spinal Canal Stenosis")
+    geometries = stack_geometries(instances, series)
+    predicted = coords.with_columns(
+        slice_index=pl.struct("series_id", "instance_number").map_elements(
+            lambda r: geometries[r["series_id"]].index_of(r["instance_number"]), return_dtype=pl.Int64))
+    first = pl.int_range(pl.len()) == 0
+    moved = predicted.with_columns(x=pl.when(first).then(pl.col("x") + 3).otherwise(pl.col("x")),
+                                   slice_index=pl.when(first).then(pl.col("slice_index") + 1)
+                                   .otherwise(pl.col("slice_index")))
+    # the moved prediction stays on its slice's plane: its 3D point is read off that slice
+    moved = moved.with_columns(instance_number=pl.struct("series_id", "slice_index").map_elements(
+        lambda r: int(geometries[r["series_id"]].instance_numbers[r["slice_index"]]), return_dtype=pl.Int64))
+    errors = localization_errors(coords, moved, geometries)
+    assert errors.height == coords.height
+    spacing = series.filter(pl.col("series_id") == coords["series_id"][0])["pixel_spacing_mm"][0]
+    head, rest = errors.head(1), errors.tail(errors.height - 1)
+    assert head["slice_offset"][0] == 1 and rest["slice_offset"].abs().max() == 0
+    assert abs(head["dx_mm"][0] - 3 * spacing) < 0.05 * spacing and abs(head["dy_mm"][0]) < 0.05 * spacing
+    assert rest["distance_mm"].max() < 1e-3
+    summary = error_summary(errors)
+    assert summary["spinal"]["n"] == coords.height and summary["foraminal"]["n"] == 0
+    assert summary["spinal"]["slice"]["q99"] > 0 and summary["spinal"]["axis_mm"]["q50"] < 1e-3
+    assert summary["foraminal"]["axis_mm"] is None

@@ -10,7 +10,10 @@ from spinepipe.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 train_fold(snakemake.wildcards.family, int(snakemake.wildcards.fold),
-           index=pl.read_parquet(snakemake.input.index), labels=read_labels(Path(snakemake.input.labels)),
+           index=pl.read_parquet(snakemake.input.index),
+           predicted_index=pl.read_parquet(snakemake.input.predicted_index),
+           localization_error=json.loads(Path(snakemake.input.localization_error).read_text()),
+           labels=read_labels(Path(snakemake.input.labels)),
            folds=pl.read_parquet(snakemake.input.folds), crop_cfg=snakemake.params.crops,
            cfg=snakemake.params.cfg, seed=snakemake.params.seed, tracking=snakemake.params.tracking,
            parent_run_id=json.loads(Path(snakemake.input.parent).read_text())["run_id"],

@@ -50,6 +50,8 @@ class Sample:
     masks: list[list[bool]]             # cached slice masks per view
     statuses: list[str]
     target: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1: no label
+    # the same study, level and side cut at its out-of-fold predicted point (training only)
+    predicted: Sample | None = None
 
     @property
     def usable(self) -> bool:
@@ -77,6 +79,15 @@ def family_samples(family: str, index: pl.DataFrame,
                                       [r["slice_mask"] for r in rows], [r["status"] for r in rows],
                                       target))
     return samples
+
+
+def attach_predicted(samples: list[Sample], predicted: list[Sample]) -> int:
+    """Give each sample its twin cut at the out-of-fold predicted point (same study, level
+    and side) when that twin has a usable view; returns how many got one."""
+    by_key = {(s.study_id, s.level, s.side): s for s in predicted if s.usable}
+    for sample in samples:
+        sample.predicted = by_key.get((sample.study_id, sample.level, sample.side))
+    return sum(s.predicted is not None for s in samples)
 
 
 def label_targets(labels_long: pl.DataFrame) -> dict[str, int]:
@@ -121,7 +132,9 @@ class CropDataset(Dataset):
 
     Training draws a slice offset within ``slice_jitter`` and a crop-centre shift within
     ``point_jitter`` pixels from the cached margins, then applies ``augment`` to all slices
-    of the sample alike.
+    of the sample alike. With ``predicted_point_share`` p, a draw reads the sample's twin
+    cut at its out-of-fold predicted point (``Sample.predicted``, where it has one) with
+    probability p: the localization errors of test time, seen in training.
     """
 
     def __init__(self, samples: list[Sample], cfg: dict[str, Any], train: bool,
@@ -131,6 +144,7 @@ class CropDataset(Dataset):
         self.extra = cfg["extra_slices"]
         self.slice_jitter = min(cfg.get("slice_jitter", 0), self.extra) if train else 0
         self.point_jitter = min(cfg.get("point_jitter", 0), self.margin) if train else 0
+        self.predicted_share = float(cfg.get("predicted_point_share", 0.0)) if train else 0.0
         self.rng = np.random.default_rng(seed)
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -144,6 +158,9 @@ class CropDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sample = self.samples[i]
+        source = sample  # where the pixels come from; the targets stay the sample's
+        if self.predicted_share and sample.predicted is not None and self.rng.random() < self.predicted_share:
+            source = sample.predicted
         offset = int(self.rng.integers(-self.slice_jitter, self.slice_jitter + 1)) if self.slice_jitter else 0
         dx, dy = (self.rng.integers(-self.point_jitter, self.point_jitter + 1, size=2)
                   if self.point_jitter else (0, 0))
@@ -151,7 +168,7 @@ class CropDataset(Dataset):
         lo, hi = centre - self.slices, centre + self.slices + 1
         y0, x0 = self.margin + dy, self.margin + dx
         images, masks = [], []
-        for (path, row), mask in zip(sample.crops, sample.masks):
+        for (path, row), mask in zip(source.crops, source.masks):
             crop = self._array(path)[row, lo:hi, y0:y0 + self.size, x0:x0 + self.size]
             images.append(np.asarray(crop, dtype=np.float32))
             masks.append(np.asarray(mask[lo:hi], dtype=bool))

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from spinepipe import checkpoints
-from spinepipe.classify.data import (CropDataset, Sample, build_augment, family_samples, label_targets,
-                                     n_outputs, n_views)
+from spinepipe.classify.data import (CropDataset, Sample, attach_predicted, build_augment, family_samples,
+                                     label_targets, n_outputs, n_views)
+from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
@@ -74,7 +75,15 @@ def family_metric(class_weights: np.ndarray):
 def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFrame,
                folds: pl.DataFrame, crop_cfg: dict[str, Any], cfg: dict[str, Any], seed: int,
                tracking: dict[str, Any], parent_run_id: str | None, out_model: Path,
-               out_predictions: Path, checkpoint: Path, threads: int) -> dict[str, Any]:
+               out_predictions: Path, checkpoint: Path, threads: int,
+               predicted_index: pl.DataFrame | None = None,
+               localization_error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``family``'s model on every fold but ``fold`` and predict ``fold``'s samples.
+
+    ``predicted_index``: the crops of the train studies at their out-of-fold predicted
+    points; a ``train.predicted_point_share`` of the training draws reads them.
+    ``localization_error``: ``oof_error.json``, which sets the jitter when it is ``auto``.
+    """
     torch.set_num_threads(max(threads, 1))
     device = torch.device(cfg["device"] if cfg["device"] == "cpu" or torch.cuda.is_available() else "cpu")
     if device.type != cfg["device"]:
@@ -87,20 +96,29 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                "no_view": sum(not s.usable for s in train) if cfg["skip_missing"] else 0}
     train = [s for s in train if (s.target >= 0).any() and (s.usable or not cfg["skip_missing"])]
     val = [s for s in samples if s.study_id in held_out]
-    log.info("%s fold %d: %d training samples (skipped %s), %d validation samples",
-             family, fold, len(train), skipped, len(val))
+    share = float(cfg.get("predicted_point_share", 0.0))
+    with_twin = 0
+    if share > 0 and predicted_index is not None:
+        # a held-out study's predicted crops never reach training: only the train samples get twins
+        with_twin = attach_predicted(train, family_samples(family, predicted_index))
+    jitter = resolve_jitter(family, cfg, crop_cfg, localization_error or {})
+    log.info("%s fold %d: %d training samples (skipped %s; %d with a predicted-point twin, drawn "
+             "%.0f%% of the time), %d validation samples; jitter %s", family, fold, len(train), skipped,
+             with_twin, 100 * share, len(val), jitter)
     fold_seed = seed + 1000 * fold + sum(map(ord, family))
-    data_cfg = crop_cfg | {"slice_jitter": cfg["slice_jitter"], "point_jitter": cfg["point_jitter"]}
+    data_cfg = crop_cfg | jitter | {"predicted_point_share": share}
     augment = build_augment(cfg["augment"])
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)
     seed_everything(fold_seed)  # the initial weights too derive from the seed
     model = build_model(family, crop_cfg, cfg)
     fingerprint = hashlib.sha256(json.dumps(
-        [family, fold, seed, cfg, crop_cfg, sorted(s.study_id for s in train)], sort_keys=True,
+        [family, fold, seed, cfg, crop_cfg, jitter, with_twin, sorted(s.study_id for s in train)], sort_keys=True,
         default=str).encode()).hexdigest()
     params = {"family": family, "fold": fold, "n_train": len(train), "n_val": len(val),
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
+              "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
+              "resolved_slice_jitter": jitter["slice_jitter"],
               "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     with mlflow_run(tracking, f"{family}-fold{fold}", params, parent_run_id=parent_run_id,
@@ -116,7 +134,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
         # the outputs first, then the tracking store (best effort: it never loses them)
         checkpoints.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                           "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
-                                   "history": history, **summary,
+                                   "history": history, **summary, "jitter": jitter,
+                                   "n_predicted_twins": with_twin,
                                    # the studies it learnt from: predict_oof checks that none
                                    # of them is graded by it (spinepipe.classify.end_to_end)
                                    "train_studies": sorted({s.study_id for s in train})}}, out_model)
