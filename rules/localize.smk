@@ -109,6 +109,7 @@ rule train_localizer:
     resources:
         mem_mb=6000,
         runtime=120,
+        gpu=1 if config["localize"]["device"] == "cuda" else 0,
     conda:
         "../envs/pipeline.yaml"
     script:

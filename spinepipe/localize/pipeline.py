@@ -33,7 +33,7 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
     torch.set_num_threads(max(threads, 1))
     cache = StackCache(stack_index)
     held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())
-    model_cfg = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold}
+    model_cfg = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold, "device": cfg.get("device", "cpu")}
     if kind == "point":
         samples = point_samples(task, coordinates, cache, series, xref, cfg["axial_crop"],
                                 neighbours=cfg["neighbours"],

@@ -60,8 +60,8 @@ def point_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.T
         return out["xy"].sum() * 0.0
     logits = out["logits"]
     b, k, h, w = logits.shape
-    gx = (torch.arange(w, dtype=logits.dtype) + 0.5) / w
-    gy = (torch.arange(h, dtype=logits.dtype) + 0.5) / h
+    gx = (torch.arange(w, dtype=logits.dtype, device=logits.device) + 0.5) / w
+    gy = (torch.arange(h, dtype=logits.dtype, device=logits.device) + 0.5) / h
     dx = (gx[None, None, None, :] - target[..., 0, None, None]) * w
     dy = (gy[None, None, :, None] - target[..., 1, None, None]) * h
     heat = torch.exp(-(dx**2 + dy**2) / (2 * sigma_cells**2))
@@ -78,19 +78,29 @@ def _schedule(optimizer, epochs: int, steps_per_epoch: int, warmup: int = 1):
         optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
 
 
-def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int) -> dict[str, float]:
+def resolve_device(name: str) -> torch.device:
+    """``cuda`` when asked for and visible, else the CPU (with a warning)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        log.warning("localize.device is cuda but no GPU is visible: training on CPU")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int,
+                    device: torch.device = torch.device("cpu")) -> dict[str, float]:
     model.eval()
     errors, losses = [], []
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
-            images, target, mask = _batch(chunk, None)
+            images, target, mask = (t.to(device) for t in _batch(chunk, None))
             out = model(images)
             losses.append(float(point_loss(out, target, mask)))
             size = np.array(images.shape[-1:-3:-1])
             # validated with the decoding inference uses (peak-local, not the global mean)
             err_px = ((local_soft_argmax(out["logits"].flatten(2).softmax(-1).view_as(out["logits"]))
-                       - target).numpy() * size)
+                       - target).cpu().numpy() * size)
+            mask = mask.cpu()
             for s, e, m in zip(chunk, err_px, mask.numpy()):
                 errors += list(np.hypot(e[m, 0], e[m, 1]) * s.mm_per_px)
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -100,7 +110,8 @@ def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: i
 def train_point_model(train: list[PointSample], val: list[PointSample], n_points: int,
                       cfg: dict[str, Any], logger=None) -> tuple[PointModel, dict[str, float]]:
     seed_everything(cfg["seed"])
-    model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None)
+    device = resolve_device(cfg.get("device", "cpu"))
+    model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     batch_size = cfg["batch_size"]
     steps = math.ceil(len(train) / batch_size)
@@ -112,7 +123,8 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
         order = np.random.permutation(len(train))
         start, total = time.perf_counter(), 0.0
         for i in range(0, len(order), batch_size):
-            images, target, mask = _batch([train[j] for j in order[i:i + batch_size]], augment)
+            images, target, mask = (t.to(device, non_blocking=True) for t in
+                                    _batch([train[j] for j in order[i:i + batch_size]], augment))
             loss = point_loss(model(images), target, mask)
             optimizer.zero_grad()
             loss.backward()
@@ -121,11 +133,11 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
             scheduler.step()
             total += float(loss.detach()) * len(images)
         metrics = {"train_loss": total / max(len(train), 1), "epoch_seconds": time.perf_counter() - start,
-                   "lr": scheduler.get_last_lr()[0], **evaluate_points(model, val, batch_size)}
+                   "lr": scheduler.get_last_lr()[0], **evaluate_points(model, val, batch_size, device)}
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
         if logger is not None:
             logger(metrics, epoch)
-    return model, metrics
+    return model.cpu(), metrics
 
 
 def _slice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -137,15 +149,16 @@ def _slice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(per_target, targets[known])
 
 
-def evaluate_slices(model: SliceModel, samples: list[SliceSample]) -> dict[str, float]:
+def evaluate_slices(model: SliceModel, samples: list[SliceSample],
+                    device: torch.device = torch.device("cpu")) -> dict[str, float]:
     model.eval()
     hits, near, losses = [], [], []
     with torch.no_grad():
         for s in samples:
-            logits = model(torch.from_numpy(s.stack)[None])
-            targets = torch.from_numpy(s.targets)[None]
+            logits = model(torch.from_numpy(s.stack)[None].to(device))
+            targets = torch.from_numpy(s.targets)[None].to(device)
             losses.append(float(_slice_loss(logits, targets)))
-            pred = logits[0].argmax(0).numpy()
+            pred = logits[0].argmax(0).cpu().numpy()
             known = s.targets >= 0
             hits += list(pred[known] == s.targets[known])
             near += list(np.abs(pred[known] - s.targets[known]) <= 1)
@@ -157,7 +170,8 @@ def evaluate_slices(model: SliceModel, samples: list[SliceSample]) -> dict[str, 
 def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_targets: int,
                       cfg: dict[str, Any], logger=None) -> tuple[SliceModel, dict[str, float]]:
     seed_everything(cfg["seed"])
-    model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None)
+    device = resolve_device(cfg.get("device", "cpu"))
+    model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = _schedule(optimizer, cfg["epochs"], len(train))
     metrics: dict[str, float] = {}
@@ -167,8 +181,8 @@ def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_target
         for j in np.random.permutation(len(train)):
             s = train[j]
             stack = s.stack * np.random.uniform(0.85, 1.15)  # intensity jitter
-            loss = _slice_loss(model(torch.from_numpy(stack.astype(np.float32))[None]),
-                               torch.from_numpy(s.targets)[None])
+            loss = _slice_loss(model(torch.from_numpy(stack.astype(np.float32))[None].to(device)),
+                               torch.from_numpy(s.targets)[None].to(device))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -176,11 +190,11 @@ def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_target
             scheduler.step()
             total += float(loss.detach())
         metrics = {"train_loss": total / max(len(train), 1), "epoch_seconds": time.perf_counter() - start,
-                   "lr": scheduler.get_last_lr()[0], **evaluate_slices(model, val)}
+                   "lr": scheduler.get_last_lr()[0], **evaluate_slices(model, val, device)}
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
         if logger is not None:
             logger(metrics, epoch)
-    return model, metrics
+    return model.cpu(), metrics
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> None:
