@@ -40,6 +40,44 @@ def code(*modules):
     return [str(PACKAGE_DIR / f"{module}.py") for module in modules]
 
 
+def inherited_input(rule, **overrides):
+    """The named inputs of ``rule`` (a ``rules.<name>`` proxy) with ``overrides`` replacing
+    some of them. ``use rule ... with: input:`` replaces a rule's whole input (Snakemake 9
+    merges only ``params`` by keyword), so a copy that changes one input names the others
+    through this and keeps following the original rule's edits."""
+    inputs = dict(rule.input.items())
+    named = sum(len(v) if isinstance(v, list) else 1 for v in inputs.values())
+    unknown = sorted(set(overrides) - set(inputs))
+    if named != len(rule.input) or unknown:
+        raise WorkflowError(f"inherited_input({rule.rule.name}): every input must be named "
+                            f"and every override an existing name (unknown: {unknown})")
+    return {**inputs, **overrides}
+
+
+# Further training seeds (train.seeds): each repeats the severity classifiers and everything
+# downstream of them under results/seeds/{seed}/ (rules *_seed in train.smk and submission.smk);
+# the master seed's run stays under results/train, results/eval, ...
+# (--config gives them as digit strings, config files as integers)
+SEEDS = [int(s) for s in config["train"]["seeds"]]
+if len(set(SEEDS)) != len(SEEDS):
+    raise WorkflowError(f"train.seeds: {config['train']['seeds']} repeats a seed")
+if config["seed"] in SEEDS:
+    raise WorkflowError(f"train.seeds: {config['seed']} is the master seed (top-level 'seed'), "
+                        "whose run is results/train and results/eval; list only further seeds")
+
+wildcard_constraints:
+    seed=r"\d+",
+
+
+def seed_path(path):
+    """The seed copy of a path of the master seed's run: results/X -> results/seeds/{seed}/X,
+    logs/X -> logs/seeds/{seed}/X."""
+    top, rest = path.split("/", 1)
+    if top not in ("results", "logs"):
+        raise WorkflowError(f"seed_path: {path} is neither under results/ nor under logs/")
+    return f"{top}/seeds/{{seed}}/{rest}"
+
+
 def dataset_file(name):
     """A file of the active dataset (synthetic ones are produced by the workflow)."""
     return str(DATA_DIR / name)
@@ -54,4 +92,6 @@ def default_targets():
     if SYNTHETIC:
         targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",
                     "results/eval/localization.json"]
+    if SEEDS:
+        targets.append("results/eval/seeds.json")
     return targets

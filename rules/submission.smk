@@ -89,3 +89,67 @@ rule cv_report:
         "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/cv_report.py"
+
+
+# Further training seeds (train.seeds): test predictions, submission and cv.json of each seed's
+# models under results/seeds/{seed}/ (see train.smk), then their spread over the seeds.
+use rule predict_test as predict_test_seed with:
+    input:
+        **inherited_input(rules.predict_test, model=seed_path("results/train/models/{family}_fold{fold}.pt")),
+    output:
+        seed_path("results/predict/{family}_fold{fold}.parquet"),
+    log:
+        seed_path("logs/predict/{family}_fold{fold}.log"),
+    benchmark:
+        seed_path("results/benchmarks/predict/{family}_fold{fold}.tsv")
+
+
+use rule submission as submission_seed with:
+    input:
+        **inherited_input(rules.submission,
+                          predictions=[seed_path(p) for p in test_predictions()],
+                          temperatures=seed_path("results/train/temperatures.json")),
+    output:
+        submission=seed_path("results/submission.csv"),
+        degraded=seed_path("results/eval/degraded_rows.csv"),
+    log:
+        seed_path("logs/submission.log"),
+    benchmark:
+        seed_path("results/benchmarks/submission.tsv")
+
+
+use rule cv_report as cv_report_seed with:
+    input:
+        **inherited_input(rules.cv_report, oof=seed_path("results/eval/cv_oof.json"),
+                          submission=seed_path("results/submission.csv"),
+                          parent=seed_path("results/train/parent_run.json")),
+    output:
+        seed_path("results/eval/cv.json"),
+    log:
+        seed_path("logs/eval/cv_report.log"),
+    benchmark:
+        seed_path("results/benchmarks/eval/cv_report.tsv")
+
+
+rule seeds_summary:
+    input:
+        main="results/eval/cv.json",
+        seeds=expand("results/seeds/{seed}/eval/cv.json", seed=SEEDS),
+        code=code("classify/seeds"),
+    output:
+        "results/eval/seeds.json",
+    params:
+        master_seed=config["seed"],
+        seeds=SEEDS,
+    log:
+        "logs/eval/seeds_summary.log",
+    benchmark:
+        "results/benchmarks/eval/seeds_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/seeds_summary.py"

@@ -3,9 +3,12 @@
 # their out-of-fold predicted points).
 
 TRAIN_GPU = 1 if config["train"]["device"] == "cuda" else 0
+# config["train"] without `seeds`: which further seeds run (results/seeds/) never changes the
+# master seed's models or evaluation, so adding one reruns none of them (params are a rerun trigger).
+TRAIN_CONFIG = {k: v for k, v in config["train"].items() if k != "seeds"}
 # What a model's training depends on: which families exist (families, all_series_model)
 # decides which jobs run, not how any one of them trains, so it stays out of the params.
-TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("families", "all_series_model")}
+TRAIN_PARAMS = {k: v for k, v in TRAIN_CONFIG.items() if k not in ("families", "all_series_model")}
 
 
 def model_families():
@@ -147,7 +150,7 @@ rule cv_eval:
         calibration=report("results/eval/calibration.png", caption="../report/cv.rst",
                            category="Evaluation"),
     params:
-        cfg=config["train"],
+        cfg=TRAIN_CONFIG,
         tracking=config["mlflow"],
     log:
         "logs/eval/cv.log",
@@ -161,3 +164,65 @@ rule cv_eval:
         "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/cv_eval.py"
+
+
+# Further training seeds (train.seeds; SEEDS in common.smk): the rules above again, one job
+# per seed, under results/seeds/{seed}/. Data, folds, localization and crops stay shared; the
+# seed changes the classifiers' initial weights, sample order, augmentation, jitter draws and
+# which draws read the predicted-point crop.
+# Each seed has its own MLflow parent run (its params carry the seed), so its evaluation
+# never writes to the master seed's run.
+use rule train_parent_run as train_parent_run_seed with:
+    output:
+        seed_path("results/train/parent_run.json"),
+    params:
+        seed=lambda wildcards: int(wildcards.seed),
+    log:
+        seed_path("logs/train/parent_run.log"),
+    benchmark:
+        seed_path("results/benchmarks/train/parent_run.tsv")
+
+
+use rule train_model as train_model_seed with:
+    input:
+        **inherited_input(rules.train_model, parent=seed_path("results/train/parent_run.json")),
+    output:
+        model=seed_path("results/train/models/{family}_fold{fold}.pt"),
+        predictions=seed_path("results/train/oof/{family}_fold{fold}.parquet"),
+    params:
+        seed=lambda wildcards: int(wildcards.seed),
+        checkpoint=lambda wc: f"results/seeds/{wc.seed}/train/checkpoints/{wc.family}_fold{wc.fold}.last.pt",
+    log:
+        seed_path("logs/train/{family}_fold{fold}.log"),
+    benchmark:
+        seed_path("results/benchmarks/train/{family}_fold{fold}.tsv")
+
+
+use rule predict_oof as predict_oof_seed with:
+    input:
+        **inherited_input(rules.predict_oof, model=seed_path("results/train/models/{family}_fold{fold}.pt")),
+    output:
+        seed_path("results/predict_oof/{family}_fold{fold}.parquet"),
+    log:
+        seed_path("logs/predict_oof/{family}_fold{fold}.log"),
+    benchmark:
+        seed_path("results/benchmarks/predict_oof/{family}_fold{fold}.tsv")
+
+
+use rule cv_eval as cv_eval_seed with:
+    input:
+        **inherited_input(rules.cv_eval,
+                          annotated=[seed_path(p) for p in oof_predictions()],
+                          end_to_end=[seed_path(p) for p in end_to_end_oof_predictions()],
+                          parent=seed_path("results/train/parent_run.json")),
+    output:
+        cv=seed_path("results/eval/cv_oof.json"),
+        temperatures=seed_path("results/train/temperatures.json"),
+        predictions=seed_path("results/eval/oof_end_to_end.csv"),
+        degraded=seed_path("results/eval/degraded_rows_oof.csv"),
+        confusion=seed_path("results/eval/confusion_matrices.png"),
+        calibration=seed_path("results/eval/calibration.png"),
+    log:
+        seed_path("logs/eval/cv.log"),
+    benchmark:
+        seed_path("results/benchmarks/eval/cv.tsv")

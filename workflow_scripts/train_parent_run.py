@@ -8,5 +8,6 @@ from spinepipe.tracking import start_parent_run
 setup_logging(snakemake.log[0])
 params = {"train": snakemake.params.train, "crops": snakemake.params.crops,
           "folds": snakemake.params.folds, "seed": snakemake.params.seed}
-run_id = start_parent_run(snakemake.params.tracking, "train", params, tags={"stage": "train"})
+run_id = start_parent_run(snakemake.params.tracking, "train", params,
+                          tags={"stage": "train", "seed": str(snakemake.params.seed)})
 Path(snakemake.output[0]).write_text(json.dumps({"run_id": run_id}) + "\n")

@@ -122,7 +122,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
               "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     with mlflow_run(tracking, f"{family}-fold{fold}", params, parent_run_id=parent_run_id,
-                    tags={"stage": "train", "family": family, "fold": str(fold)}) as log_metrics:
+                    tags={"stage": "train", "family": family, "fold": str(fold),
+                          "seed": str(seed)}) as log_metrics:
         model, history = fit(model, train_set, val_set, cfg, device=device, seed=fold_seed,
                              checkpoint=checkpoint, fingerprint=fingerprint,
                              metric=family_metric(class_weights), log_metrics=log_metrics)
