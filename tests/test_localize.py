@@ -128,6 +128,19 @@ def test_perfect_predictions_evaluate_to_zero_error(tiny_train):
         assert result[task]["slice_learned_exact"] is None
         if off == 0:
             assert result[task]["point_error_mm_p95"] < 0.05
+        assert result[task]["slice_within_one"] >= 0.95
+        if off == 0:  # an annotation moved by the quirk can be a gross "error" of a perfect prediction
+            assert result[task]["gross_error_share"] == 0.0
+    # one Sagittal T2 point 40 pixels (well over 15 mm) off: a gross error, its target missed
+    frame = pl.DataFrame(rows)
+    canal = pl.col("series_description") == "Sagittal T2/STIR"
+    first = canal & (pl.int_range(pl.len()).over(canal) == 0)
+    moved = evaluate_localization(frame.with_columns(x=pl.when(first).then(pl.col("x") + 40).otherwise(pl.col("x"))),
+                                  geometries, centers)
+    n = moved["sagittal_t2"]["n"]
+    assert abs(moved["sagittal_t2"]["gross_error_share"] - result["sagittal_t2"]["gross_error_share"]
+               - 1 / n) < 1e-9
+    assert not moved["sagittal_t2"]["targets_met"]["gross_error_share"] and not moved["all_targets_met"]
 
 
 def test_label_noise_is_reported_and_handled(tiny_train):
