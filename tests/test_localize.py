@@ -408,3 +408,28 @@ def test_out_of_fold_error_is_measured_per_axis_and_slice(tiny_train):
     assert summary["spinal"]["n"] == coords.height and summary["foraminal"]["n"] == 0
     assert summary["spinal"]["slice"]["q99"] > 0 and summary["spinal"]["axis_mm"]["q50"] < 1e-3
     assert summary["foraminal"]["axis_mm"] is None
+
+
+class _SharpWhereBright(torch.nn.Module):
+    """A stand-in point model: each of its 5 heatmaps is the image itself, so a slice with a
+    bright spot gives a sharp peak and a flat slice a diffuse one."""
+
+    def forward(self, images):
+        return {"logits": images.repeat(1, 5, 1, 1) * 20.0}
+
+
+def test_foramen_slices_move_to_the_centre_of_the_model_response():
+    from spinepipe.localize.inference import refine_foramen_slices
+
+    stack = np.zeros((15, 16, 16), dtype=np.float32)
+    stack[8:11, 7, 7] = 1.0  # the foramen shows on slices 8, 9 and 10
+    models = [_SharpWhereBright()]
+    start = np.array([[7, 7]] * 5)  # a fixed-offset guess two slices short
+    assert (refine_foramen_slices(models, stack, start, 3) == 9).all()
+    # a guess too far off for the window keeps to the side of the response it sees
+    assert (refine_foramen_slices(models, stack, np.array([[4, 4]] * 5), 3) <= 8).all()
+    # a lost slice never becomes the choice
+    slice_ok = np.ones(15, dtype=bool)
+    slice_ok[9] = False
+    refined = refine_foramen_slices(models, stack, start, 3, slice_ok)
+    assert set(refined.ravel().tolist()) <= {8, 10}
