@@ -30,6 +30,7 @@ from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_
 log = logging.getLogger(__name__)
 
 TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
+TASK_OF = {SAGITTAL_T2: "sagittal_t2", SAGITTAL_T1: "sagittal_t1", AXIAL_T2: "axial_t2"}
 CANAL = CONDITION_NAMES["spinal_canal_stenosis"]
 FORAMEN = {side: CONDITION_NAMES[f"{side}_neural_foraminal_narrowing"] for side in SIDES}
 RECESS = {side: CONDITION_NAMES[f"{side}_subarticular_stenosis"] for side in SIDES}
@@ -192,10 +193,15 @@ class StudyLocalizer:
                 "instance_number": int(stack["instance_numbers"][index]), "slice_index": int(index),
                 "x": float(x * scale[0]), "y": float(y * scale[1]), "confidence": float(peak),
                 "spread_px": float(spread * scale[0]), "geometric_slice": geometric,
-                "learned_slice": learned, "slice_method": self.cfg["slice_method"]}
+                "learned_slice": learned, "slice_method": self.slice_method(TASK_OF[series["series_description"]])}
 
-    def _choose(self, geometric: int, learned: int | None, slice_ok: np.ndarray | None) -> int:
-        if self.cfg["slice_method"] == "learned" and learned is not None:
+    def slice_method(self, task: str) -> str:
+        """``localize.slice_method``: one method for every series type, or one per type."""
+        method = self.cfg["slice_method"]
+        return method if isinstance(method, str) else method[task]
+
+    def _choose(self, task: str, geometric: int, learned: int | None, slice_ok: np.ndarray | None) -> int:
+        if self.slice_method(task) == "learned" and learned is not None:
             return nearest_decoded(int(learned), slice_ok)
         return nearest_decoded(int(geometric), slice_ok)
 
@@ -216,7 +222,7 @@ class StudyLocalizer:
             middle = int(np.argmin(np.abs(positions - (positions.min() + positions.max()) / 2)))
             learned = predict_slices(self.models["sagittal_t2"].slice, stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
-            chosen = [self._choose(middle, None if learned is None else learned[k], stack.get("slice_ok"))
+            chosen = [self._choose("sagittal_t2", middle, None if learned is None else learned[k], stack.get("slice_ok"))
                       for k in range(5)]
             unique = sorted(set(chosen))
             frames = MapFrames.from_stack(geometry, chosen, stack["images"].shape[1:], stack["scale"])
@@ -256,7 +262,7 @@ class StudyLocalizer:
                                    for s in range(len(SIDES))])
                 for s, side in enumerate(SIDES):
                     geometric[k, s] = geometry.index_of(choice[side])
-                    index[k, s] = self._choose(geometric[k, s], learned_ks[k][s], stack.get("slice_ok"))
+                    index[k, s] = self._choose("sagittal_t1", geometric[k, s], learned_ks[k][s], stack.get("slice_ok"))
             if self.cfg.get("foramen_refine_slices", 0) > 0 and self.models["sagittal_t1"].point:
                 index = refine_foramen_slices(self.models["sagittal_t1"].point, stack["images"], index,
                                               self.cfg["foramen_refine_slices"], stack.get("slice_ok"))
@@ -313,7 +319,7 @@ class StudyLocalizer:
             for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
                 k = LEVEL_INDEX[r["level"]]
                 learned_k = None if learned is None else int(learned[k])
-                index = self._choose(r["slice_index"], learned_k, stack.get("slice_ok"))
+                index = self._choose("axial_t2", r["slice_index"], learned_k, stack.get("slice_ok"))
                 scale = stack["scale"]
                 image, corner = crop(stack["images"][index].astype(np.float32),
                                      (r["x"] / scale[0], r["y"] / scale[1]), size)
