@@ -1,0 +1,82 @@
+"""Does the CV predict the test score? Prints, for finished runs, the end-to-end CV, the
+classifier-only CV on annotated points and the test score as mean +/- sd over the training
+seeds (results/eval/seeds.json, or one seed's cv.json), the per-seed gap test - CV, and the
+localization targets (results/eval/localization.json).
+
+    python benchmarks/cv_gap.py RUN_DIR[=LABEL] ...
+
+RUN_DIR is a Snakemake working directory (holding results/). Example: two runs of the same
+dataset, one per training variant, each with `train: {seeds: [1, 2]}`:
+
+    python benchmarks/cv_gap.py /tmp/default_new=share0.5 /tmp/default_old=share0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +/- {statistics.stdev(values):.3f}"
+
+
+def run_figures(results: Path) -> dict[str, list[float]]:
+    """Per-seed values of the headline figures, and the per-seed gap test - end-to-end CV."""
+    seeds_file, cv_file = results / "eval" / "seeds.json", results / "eval" / "cv.json"
+    if seeds_file.exists():
+        figures = json.loads(seeds_file.read_text())["figures"]
+        per_seed = {name: figures.get(name, {}).get("values", {})
+                    for name in ("cv_score", "cv_score_annotated_points", "test_score")}
+    else:
+        cv = json.loads(cv_file.read_text())
+        per_seed = {name: {"master": cv.get(name)}
+                    for name in ("cv_score", "cv_score_annotated_points", "test_score")}
+    out = {name: [float(v) for v in values.values() if v is not None] for name, values in per_seed.items()}
+    out["gap"] = [float(per_seed["test_score"][s]) - float(per_seed["cv_score"][s])
+                  for s in per_seed["cv_score"]
+                  if per_seed["cv_score"].get(s) is not None and per_seed["test_score"].get(s) is not None]
+    return out
+
+
+def localization_line(results: Path) -> str:
+    path = results / "eval" / "localization.json"
+    if not path.exists():
+        return "no localization.json"
+    loc: dict[str, Any] = json.loads(path.read_text())
+    parts = []
+    for task in ("sagittal_t2", "sagittal_t1", "axial_t2"):
+        test, train = loc.get("test", {}).get(task, {}), loc.get("train", {}).get(task, {})
+        if not test:
+            continue
+        parts.append(f"{task}: p95 {test.get('point_error_mm_p95', float('nan')):.1f} mm, "
+                     f"within one {100 * test.get('slice_within_one', float('nan')):.1f}%, "
+                     f"gross out of fold {100 * train.get('gross_error_share', float('nan')):.1f}%")
+    met = loc.get("test", {}).get("all_targets_met"), loc.get("train", {}).get("all_targets_met")
+    return "; ".join(parts) + f" | targets met: test {met[0]}, out of fold {met[1]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=LABEL")
+    args = parser.parse_args()
+    print(f"{'run':<22} {'n':>2}  {'end-to-end CV':>16}  {'annotated CV':>16}  {'test':>16}  {'test - CV':>16}")
+    for spec in args.runs:
+        directory, _, label = spec.partition("=")
+        results = Path(directory) / "results"
+        figures = run_figures(results)
+        print(f"{label or directory:<22} {len(figures['cv_score']):>2}  {_spread(figures['cv_score']):>16}  "
+              f"{_spread(figures['cv_score_annotated_points']):>16}  {_spread(figures['test_score']):>16}  "
+              f"{_spread(figures['gap']):>16}")
+        print(f"{'':<22} localization (test; gross out of fold): {localization_line(results)}")
+
+
+if __name__ == "__main__":
+    main()
