@@ -31,7 +31,8 @@ def flip_spinal(images: torch.Tensor, n_views: int) -> torch.Tensor:
     b, t, h, w = images.shape
     views = images.view(b, n_views, t // n_views, h, w).flip(2)
     names = FAMILY_INPUTS["spinal"]["center"]
-    axial = torch.tensor([VIEWS[n].series_description.startswith("Axial") for n in names])
+    axial = torch.tensor([VIEWS[n].series_description.startswith("Axial") for n in names],
+                         device=images.device)
     views = torch.where(axial[None, :, None, None, None], views.flip(-1), views)
     return views.reshape(b, t, h, w)
 
