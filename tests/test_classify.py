@@ -375,3 +375,11 @@ def test_auto_jitter_follows_the_measured_localization_error():
     assert resolve_jitter("foraminal", auto, wide, errors) == {"point_jitter": 0, "slice_jitter": 0}
     assert resolve_jitter("foraminal", {"point_jitter": 3, "slice_jitter": 1}, wide, {}) == {
         "point_jitter": 3, "slice_jitter": 1}
+
+
+def test_spinal_flip_stays_on_the_images_device():
+    """The TTA flip builds its axial-view mask where the images are: on a GPU it once mixed a
+    CPU mask with CUDA images and every spinal prediction job failed. The meta device stands
+    in for the GPU here (same device check, no GPU needed)."""
+    images = torch.zeros(2, 6, 8, 8, device="meta")
+    assert flip_spinal(images, 2).device.type == "meta"
