@@ -433,3 +433,40 @@ def test_foramen_slices_move_to_the_centre_of_the_model_response():
     slice_ok[9] = False
     refined = refine_foramen_slices(models, stack, start, 3, slice_ok)
     assert set(refined.ravel().tolist()) <= {8, 10}
+
+
+def _two_block_geometry(n_per_block=6, size=16):
+    """An axial series of two per-level blocks: the second tilted by 10 degrees."""
+    from spinepipe.geometry import StackGeometry
+
+    tilt = np.deg2rad(10.0)
+    ipp, iop = [], []
+    for i in range(n_per_block):
+        ipp.append([0.0, 0.0, 4.0 * i])
+        iop.append([1, 0, 0, 0, 1, 0])
+    for i in range(n_per_block):
+        ipp.append([0.0, 0.0, 40.0 + 4.0 * i])
+        iop.append([1, 0, 0, 0, np.cos(tilt), np.sin(tilt)])
+    n = 2 * n_per_block
+    return StackGeometry.from_arrays(np.arange(1, n + 1), ipp, iop, [[1.0, 1.0]] * n,
+                                     [size] * n, [size] * n)
+
+
+def test_axial_slice_moves_to_the_recess_response_within_its_own_block():
+    from spinepipe.localize.inference import refine_axial_slice
+
+    geometry = _two_block_geometry()
+    stack = np.zeros((12, 16, 16), dtype=np.float32)
+    stack[3:5, 8, 8] = 1.0  # the level shows on slices 3 and 4 of the first block
+    models = [_SharpWhereBright()]
+    assert refine_axial_slice(models, stack, geometry, 2, (8.0, 8.0), 16, 2) in (3, 4)
+    # the neighbouring block lights up: a level at the edge of the first block stays in it
+    stack = np.zeros((12, 16, 16), dtype=np.float32)
+    stack[6:8, 8, 8] = 1.0
+    assert refine_axial_slice(models, stack, geometry, 5, (8.0, 8.0), 16, 2) <= 5
+    # a lost slice is never chosen
+    stack = np.zeros((12, 16, 16), dtype=np.float32)
+    stack[3, 8, 8] = 1.0
+    slice_ok = np.ones(12, dtype=bool)
+    slice_ok[3] = False
+    assert refine_axial_slice(models, stack, geometry, 2, (8.0, 8.0), 16, 2, slice_ok) != 3
