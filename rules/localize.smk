@@ -189,7 +189,7 @@ rule localize_eval:
         series="results/metadata/series.parquet",
         centers=str(SYNTHETIC_DIR / "level_centers.csv"),
         tracking="results/tracking/experiment.txt",
-        code=code("localize/evaluate"),
+        code=code("localize/evaluate", "localize/samples"),
     output:
         report("results/eval/localization.json", caption="../report/localization.rst",
                category="Evaluation"),

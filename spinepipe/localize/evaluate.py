@@ -13,11 +13,11 @@ import numpy as np
 import polars as pl
 
 from spinepipe.geometry import StackGeometry
+from spinepipe.localize.samples import TASK_OF
 
 GROSS_ERROR_MM = 15.0
 TARGETS = {"point_error_mm_p95_below": 5.0, "slice_within_one_at_least": 0.98,
            "gross_error_share_below": 0.01}
-TASK_OF = {"Sagittal T2/STIR": "sagittal_t2", "Sagittal T1": "sagittal_t1", "Axial T2": "axial_t2"}
 
 
 def _truth_point(center: dict[str, Any], condition: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, 
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.decode import DECODE_DEFAULTS, MapFrames, check_decode, decode_levels
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
-from spinepipe.localize.samples import (LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, crop,
+from spinepipe.localize.samples import (LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, TASK_OF, crop,
                                         downsample_stack, flip_columns)
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
@@ -30,7 +30,6 @@ from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_
 log = logging.getLogger(__name__)
 
 TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
-TASK_OF = {SAGITTAL_T2: "sagittal_t2", SAGITTAL_T1: "sagittal_t1", AXIAL_T2: "axial_t2"}
 CANAL = CONDITION_NAMES["spinal_canal_stenosis"]
 FORAMEN = {side: CONDITION_NAMES[f"{side}_neural_foraminal_narrowing"] for side in SIDES}
 RECESS = {side: CONDITION_NAMES[f"{side}_subarticular_stenosis"] for side in SIDES}

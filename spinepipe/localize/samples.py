@@ -13,6 +13,7 @@ from spinepipe.localize.stacks import StackCache
 
 LEVEL_INDEX = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
 TASK_SERIES = {"sagittal_t2": SAGITTAL_T2, "sagittal_t1": SAGITTAL_T1, "axial_t2": AXIAL_T2}
+TASK_OF = {description: task for task, description in TASK_SERIES.items()}  # series description -> task
 TASK_CONDITIONS = {
     "sagittal_t2": {CONDITION_NAMES["spinal_canal_stenosis"]: None},
     "sagittal_t1": {CONDITION_NAMES["left_neural_foraminal_narrowing"]: "left",
