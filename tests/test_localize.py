@@ -470,3 +470,76 @@ def test_axial_slice_moves_to_the_recess_response_within_its_own_block():
     slice_ok = np.ones(12, dtype=bool)
     slice_ok[3] = False
     assert refine_axial_slice(models, stack, geometry, 2, (8.0, 8.0), 16, 2, slice_ok) != 3
+
+
+def _sagittal_geometry(n: int = 15, spacing: float = 4.0):
+    """Sagittal slices along patient x (towards the patient's left), slice i at x = 4 i - 28."""
+    from spinepipe.geometry import StackGeometry
+
+    ipp = [[spacing * i - spacing * (n // 2), -100.0, 100.0] for i in range(n)]
+    iop = [[0, 1, 0, 0, 0, -1]] * n
+    return StackGeometry.from_arrays(np.arange(1, n + 1), ipp, iop, [[1.0, 1.0]] * n, [64] * n, [64] * n)
+
+
+def test_canal_slice_follows_the_mid_line_between_the_recess_points():
+    """The canal slice is the one through the midpoint of each level's left and right recess
+    points; a level without them follows the line through the others; lost slices are skipped."""
+    from spinepipe.localize.inference import midline_slices
+
+    geometry = _sagittal_geometry()
+    assert midline_slices(geometry, {}) == {}
+
+    def pair(x_mid: float, z: float) -> np.ndarray:  # recesses 8 mm either side of the mid-line
+        return np.array([[x_mid + 8.0, 0.0, z], [x_mid - 8.0, 0.0, z]])
+
+    def slice_x(chosen: dict[int, int]) -> dict[int, float]:  # the chosen slices' patient x
+        return {k: float(geometry.ipp[i][0]) for k, i in chosen.items()}
+
+    # mid-line 8 mm to the patient's left of the stack centre at every level
+    assert slice_x(midline_slices(geometry, {k: pair(8.0, -30.0 * k) for k in range(5)})) == {k: 8.0 for k in range(5)}
+    # a scoliotic drift of one slice per level, with levels 1 and 4 missing from the axial stack
+    chosen = midline_slices(geometry, {k: pair(-4.0 * k, -30.0 * k) for k in (0, 2, 3)})
+    assert slice_x(chosen) == {k: -4.0 * k for k in range(5)}
+    # one level alone: the others take its mid-line
+    assert slice_x(midline_slices(geometry, {2: pair(-8.0, -60.0)})) == {k: -8.0 for k in range(5)}
+    # a lost slice is never chosen: the nearest decoded one is
+    slice_ok = np.ones(15, dtype=bool)
+    lost = midline_slices(geometry, {0: pair(8.0, 0.0)})[0]
+    slice_ok[lost] = False
+    chosen = midline_slices(geometry, {k: pair(8.0, -30.0 * k) for k in range(5)}, slice_ok)
+    assert set(slice_x(chosen).values()) <= {4.0, 12.0}
+
+
+@pytest.mark.parametrize("from_axial", [True, False])
+def test_localizer_moves_the_canal_slice_onto_the_axial_mid_line(tiny_dataset, tmp_path, from_axial):
+    """Through the localizer on the tiny dataset's own DICOM geometry: with
+    ``canal_slice_from_axial`` every canal row sits on the Sagittal T2 slice nearest the midpoint
+    of its level's two recess points (and says so); without it, on the middle of the stack."""
+    dataset, _ = tiny_dataset
+    instances, series, index = _prepare(dataset, "test", tmp_path)
+    cells = np.array([[16.0, 5.0], [16.0, 10.0], [16.0, 15.0], [16.0, 20.0], [16.0, 25.0]])
+    maps = _level_maps(cells, {}, size=32, sigma=0.7)
+    models = {"sagittal_t2": FoldModels([_HeatmapModel(maps)], []),
+              "sagittal_t1": FoldModels([_HeatmapModel(maps)], []),
+              "axial_t2": FoldModels([PointModel("resnet10t", 2).eval()], [])}
+    geometries = stack_geometries(instances, series)
+    localizer = StudyLocalizer(models, StackCache(index), geometries, slice_reader(instances),
+                               CFG | {"decode": DECODE, "canal_slice_from_axial": from_axial})
+    studies = sorted(series["study_id"].unique().to_list())
+    predictions, _ = localize_split(studies, series, lambda sid: localizer)
+    canal = predictions.filter(pl.col("condition") == "Spinal Canal Stenosis")
+    recess = predictions.filter(pl.col("condition").str.contains("Subarticular"))
+    assert canal.height == 5 * len(studies) and recess.height > 0
+    moved = 0
+    for r in canal.iter_rows(named=True):
+        pair = recess.filter((pl.col("study_id") == r["study_id"]) & (pl.col("level") == r["level"]))
+        if pair.height != 2:
+            continue
+        midpoint = np.mean([geometries[p["series_id"]].to_patient(p["slice_index"], p["x"], p["y"])
+                            for p in pair.iter_rows(named=True)], axis=0)
+        on_midline, _ = geometries[r["series_id"]].nearest(midpoint)
+        expected = on_midline if from_axial else r["geometric_slice"]
+        assert r["slice_index"] == expected
+        moved += r["slice_index"] != r["geometric_slice"]
+    assert moved > 0 if from_axial else moved == 0  # the tiny studies are not all centred
+    assert (canal["slice_method"] == "axial_midline").any() == from_axial

