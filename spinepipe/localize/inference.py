@@ -231,6 +231,33 @@ def midline_slices(sagittal: StackGeometry, recess_points: dict[int, np.ndarray]
     return chosen
 
 
+def canal_level_shift(canal: np.ndarray, left: np.ndarray, right: np.ndarray) -> int:
+    """By how many levels the canal's five points sit off the foramina's (0: they agree).
+
+    ``canal``, ``left``, ``right``: (levels, 3) patient points in level order (L1/L2 first).
+    The classic gross localization error is a whole series counted one level off; the two
+    foramen sides are decoded independently of the canal, so when both sides agree with each
+    other (within half a level everywhere) and at least three canal levels sit more than half
+    a level from the foramina's, the canal is the odd one out: the returned shift ``s`` says
+    that the canal point labelled ``k`` lies at the foramina's level ``k + s``. Positions are
+    compared along the spine (the foramina's L1/L2 -> L5/S1 direction), in units of their
+    median level spacing.
+    """
+    middle = (left + right) / 2.0
+    axis = middle[-1] - middle[0]
+    if not np.all(np.isfinite(axis)) or np.linalg.norm(axis) == 0:
+        return 0
+    axis = axis / np.linalg.norm(axis)
+    along = middle @ axis
+    spacing = float(np.median(np.diff(along)))
+    if spacing <= 0 or np.any(np.abs((left - right) @ axis) > 0.5 * spacing):
+        return 0
+    offsets = (canal @ axis - along) / spacing
+    if int((np.abs(offsets) > 0.5).sum()) < 3:
+        return 0
+    return int(np.round(np.median(offsets)))
+
+
 def _first(series: pl.DataFrame, description: str, cache: StackCache) -> dict[str, Any] | None:
     for row in series.filter(pl.col("series_description") == description).iter_rows(named=True):
         if row["series_id"] in cache:
@@ -341,11 +368,51 @@ class StudyLocalizer:
                     annotated_like.append({"study_id": study_id, "condition": FORAMEN[side],
                                            "level": LEVEL_NAMES[level], "series_id": t1["series_id"],
                                            "px": p[0], "py": p[1], "pz": p[2]})
+        shift = 0
+        if canal_points and len(annotated_like) == 3 * len(LEVELS):
+            rows, annotated_like, shift = self._reconcile_canal(study_id, rows, annotated_like)
         axial_rows = self._axial(study_id, series, annotated_like, reasons)
         rows += axial_rows
         if t2 is not None and self.cfg.get("canal_slice_from_axial", False):
-            rows = self._canal_on_midline(study_id, t2, rows, axial_rows)
+            rows = self._canal_on_midline(study_id, t2, rows, axial_rows, decode_again=shift == 0)
         return rows, reasons
+
+    def _reconcile_canal(self, study_id: int, rows: list[dict],
+                         points: list[dict]) -> tuple[list[dict], list[dict], int]:
+        """Canal rows relabelled when the whole canal series sits a level off both foramen
+        sides (``canal_level_shift``): level j takes the canal point found at the foramina's
+        level j; a level the canal never found (the end the shift uncovers) is the foramina's
+        mid-point projected on its slice, moved by the canal's median in-plane offset from the
+        foramina elsewhere. Everything after (slices, axial cross-reference) uses the result."""
+        by = {(p["condition"], p["level"]): np.array([p["px"], p["py"], p["pz"]]) for p in points}
+        names = [LEVEL_NAMES[level] for level in LEVELS]
+        canal = np.stack([by[(CANAL, n)] for n in names])
+        left = np.stack([by[(FORAMEN["left"], n)] for n in names])
+        right = np.stack([by[(FORAMEN["right"], n)] for n in names])
+        shift = canal_level_shift(canal, left, right)
+        if shift == 0:
+            return rows, points, 0
+        log.warning("study %s: the Sagittal T2 levels sit %+d level(s) off both foramen sides; "
+                    "canal points relabelled from the foramina", study_id, shift)
+        old = [r for r in rows if r["condition"] == CANAL]
+        geometry = self.geometries[old[0]["series_id"]]
+        middle = (left + right) / 2.0
+        projected = np.array([geometry.to_pixel(old[j]["slice_index"], middle[j]) for j in range(len(old))])
+        sources = {j: j - shift for j in range(len(old)) if 0 <= j - shift < len(old)}
+        offset = np.median([[old[k]["x"], old[k]["y"]] - projected[j] for j, k in sources.items()], axis=0)
+        moved = []
+        for j, row in enumerate(old):
+            if j in sources:
+                source = old[sources[j]]
+                row = source | {"level": row["level"], "confidence": source["confidence"]}
+            else:
+                x, y = projected[j] + offset
+                row = row | {"x": float(x), "y": float(y), "confidence": 0.0}
+            moved.append(row)
+        canal_of = {r["level"]: self._patient_point(r) for r in moved}
+        points = [p | dict(zip(("px", "py", "pz"), canal_of[p["level"]])) if p["condition"] == CANAL else p
+                  for p in points]
+        return moved + [r for r in rows if r["condition"] != CANAL], points, shift
 
     def _patient_point(self, row: dict[str, Any]) -> np.ndarray:
         """A prediction row's point in patient mm (rows hold original-pixel coordinates)."""
@@ -365,8 +432,10 @@ class StudyLocalizer:
                 for k, level in enumerate(LEVELS)]
 
     def _canal_on_midline(self, study_id: int, t2: dict[str, Any], rows: list[dict],
-                          axial_rows: list[dict]) -> list[dict]:
-        """Canal rows moved to the mid-line slice the axial recess points give (midline_slices)."""
+                          axial_rows: list[dict], decode_again: bool = True) -> list[dict]:
+        """Canal rows moved to the mid-line slice the axial recess points give (midline_slices),
+        their points decoded again there, or (``decode_again`` false: points that the canal
+        heatmaps contradict, see _reconcile_canal) kept where they are in the image plane."""
         recess: dict[int, dict[str, np.ndarray]] = {}
         for r in axial_rows:
             recess.setdefault(LEVEL_INDEX[r["level"]], {})[r["side"]] = self._patient_point(r)
@@ -376,8 +445,13 @@ class StudyLocalizer:
         canal = [r for r in rows if r["condition"] == CANAL]
         if not target or all(target[k] == canal[k]["slice_index"] for k in range(len(canal))):
             return rows
-        moved = self._canal(study_id, t2, [target[k] for k in range(len(LEVELS))],
-                            canal[0]["geometric_slice"], [r["learned_slice"] for r in canal])
+        if decode_again:
+            moved = self._canal(study_id, t2, [target[k] for k in range(len(LEVELS))],
+                                canal[0]["geometric_slice"], [r["learned_slice"] for r in canal])
+        else:
+            numbers = stack["instance_numbers"]
+            moved = [r | {"slice_index": int(target[k]), "instance_number": int(numbers[target[k]])}
+                     for k, r in enumerate(canal)]
         for r in moved:
             r["slice_method"] = "axial_midline"
         return moved + [r for r in rows if r["condition"] != CANAL]
