@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: run test venv dryrun report clean
+.PHONY: run test venv dryrun report readme-sheet clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ dryrun: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
+
+# the README's example study sheet (docs/study_sheet.png) from this run's sheets
+readme-sheet: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) results/qa/studies
+	$(BIN)/python -m spinepipe.qa.example results docs/study_sheet.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

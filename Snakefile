@@ -38,6 +38,7 @@ include: "rules/localize.smk"
 include: "rules/crops.smk"
 include: "rules/train.smk"
 include: "rules/submission.smk"
+include: "rules/qa.smk"
 
 
 rule all:

@@ -88,7 +88,8 @@ def default_targets():
                "results/localize/coordinates.parquet", "results/crops/train/summary.json",
                "results/crops/test/summary.json", "results/crops/train_predicted/summary.json",
                "results/submission.csv",
-               "results/eval/cv.json"]
+               "results/eval/cv.json", "results/qa/studies", "results/qa/galleries",
+               "results/qa/mlflow.json"]
     if SYNTHETIC:
         targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",
                     "results/eval/localization.json"]

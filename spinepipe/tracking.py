@@ -303,6 +303,12 @@ def _log_artifact(uri: str, run_id: str, path: str) -> None:
     _client(uri).log_artifact(run_id, path)
 
 
+def _log_artifacts(uri: str, run_id: str, files: list[str], artifact_path: str) -> None:
+    client = _client(uri)
+    for path in files:
+        client.log_artifact(run_id, path, artifact_path)
+
+
 def _set_terminated(uri: str, run_id: str, status: str) -> None:
     _client(uri).set_terminated(run_id, status)
 
@@ -344,6 +350,16 @@ class RunLogger:
     def log_artifact(self, path: Path | str) -> None:
         if self.run_id is not None:
             self.attempt(f"artifact {Path(path).name}", _log_artifact, self.uri, self.run_id, str(path))
+
+    def log_artifact_dir(self, folder: Path | str, artifact_path: str) -> list[str]:
+        """The files of ``folder`` under ``artifact_path`` of the run (hidden ones, such as
+        Snakemake's ``.snakemake_timestamp``, left out); the names logged, [] if not."""
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+        if self.run_id is None or not files:
+            return []
+        self.attempt(f"artifacts {artifact_path}", _log_artifacts, self.uri, self.run_id,
+                     [str(p) for p in files], artifact_path)
+        return [] if self.degraded else [p.name for p in files]
 
     def terminate(self, status: str) -> None:
         if self.run_id is not None:
@@ -411,3 +427,15 @@ def finish_run(tracking: Mapping[str, Any], run_id: str, metrics: Mapping[str, f
     for path in artifacts:
         logger.log_artifact(path)
     logger.terminate("FINISHED")
+
+
+def log_artifact_dirs(tracking: Mapping[str, Any], run_id: str,
+                      folders: Mapping[str, Path]) -> dict[str, list[str]]:
+    """Log folders as artifacts of an existing run (artifact path -> folder), best effort;
+    returns, per artifact path, the file names logged (empty where tracking failed). The
+    run's status is left as it is."""
+    logger = RunLogger(tracking, run_id)
+    logged: dict[str, list[str]] = {}
+    for artifact_path, folder in folders.items():
+        logged[artifact_path] = logger.log_artifact_dir(folder, artifact_path)
+    return logged

@@ -3,8 +3,6 @@ slices, and a sheet rendered from small synthetic inputs (no pipeline outputs ne
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import polars as pl
 import pytest
@@ -236,12 +234,8 @@ def _read_png(path):
 
 def test_render_sheet(tmp_path):
     inputs = make_inputs(feet_first=True)
-    render_study_sheet(inputs, tmp_path / "warm.png")  # imports and font caches, not timed
-    start = time.perf_counter()
-    path = tmp_path / "sheets" / f"{STUDY}.png"
+    path = tmp_path / "sheets" / f"{STUDY}.png"  # speed: benchmarks/bench_qa_sheets.py
     plan = render_study_sheet(inputs, path)
-    elapsed = time.perf_counter() - start
-    print(f"\none study sheet rendered in {elapsed:.2f} s ({path.stat().st_size / 1024:.0f} KiB)")
     pixels = _read_png(path)
     assert 600 <= pixels.shape[1] <= 2000 and 500 <= pixels.shape[0] <= 1600
     assert pixels.var() > 0

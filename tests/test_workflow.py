@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, make_config
 from spinepipe import checkpoints
 from spinepipe.classify.end_to_end import check_no_leak
 from spinepipe.dataset import read_labels
@@ -160,12 +160,77 @@ def test_end_to_end_cv_grades_every_train_row_with_the_fold_that_held_it_out(wor
 
 
 @pytest.mark.slow
+def test_every_test_study_and_every_gallery_case_gets_a_sheet(workflow_run):
+    """results/qa: a sheet per test study (the damaged ones included), the sampled train
+    studies and every train study a gallery shows; four galleries with their cases; all of
+    it logged to the MLflow parent run."""
+    workflow_run, damaged = workflow_run
+    results = workflow_run / "results"
+    sheets = {int(p.stem) for p in (results / "qa" / "studies").glob("*.png")}
+    test_ids = set(pl.read_csv(results / "synthetic" / "test_labels.csv")["study_id"].to_list())
+    assert test_ids <= sheets and set(damaged.values()) <= sheets
+    train_listed = {int(s) for s in (results / "qa" / "train_studies.txt").read_text().split()}
+    assert sheets == test_ids | train_listed
+    cases = pl.read_csv(results / "qa" / "cases.csv")
+    shown = set(cases.filter(pl.col("gallery") != "degraded")["study_id"].to_list())
+    assert shown <= train_listed
+    degraded = pl.read_csv(results / "eval" / "degraded_rows.csv")
+    assert cases.filter(pl.col("gallery") == "degraded").height == degraded.height > 0
+    galleries = results / "qa" / "galleries"
+    for gallery in ("localization_errors", "label_noise", "confident_wrong", "degraded"):
+        assert (galleries / f"{gallery}.png").stat().st_size > 0, gallery
+        assert (galleries / f"{gallery}.csv").is_file(), gallery
+    import mlflow
+
+    tracked = json.loads((results / "qa" / "mlflow.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    logged = {f.path for f in client.list_artifacts(tracked["run_id"], "qa/studies")}
+    assert logged == {f"qa/studies/{s}.png" for s in sheets}
+    logged = {f.path for f in client.list_artifacts(tracked["run_id"], "qa/galleries")}
+    assert "qa/galleries/degraded.png" in logged and "qa/galleries/degraded.csv" in logged
+
+
+@pytest.mark.slow
 def test_html_report(workflow_run):
     workflow_run, _ = workflow_run
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workflow_run / "report.html").read_text(errors="replace")
     assert "cv.json" in html and "degraded_rows.csv" in html
+
+
+@pytest.mark.slow
+def test_report_shows_the_study_sheets_in_a_real_browser(workflow_run):
+    """results/report.html opened in headless Chromium: QA lists the study sheets (one entry
+    per sheet, labelled by study) and the galleries, and a sheet and a gallery render as
+    decoded, non-blank images."""
+    import browser
+
+    workflow_run, damaged = workflow_run
+    report = workflow_run / "results" / "report.html"
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sheets = sorted(p.stem for p in (workflow_run / "results" / "qa" / "studies").glob("*.png"))
+    browser.ensure_chromium()
+    with browser.headless_chromium() as driver:
+        browser.open_report(driver, report)
+        assert "QA" in browser.categories(driver)
+        assert browser.open_category(driver, "QA") == ["Galleries", "Study sheets"]
+        rows = browser.list_results(driver, "QA", "Study sheets")
+        assert sorted(r["study"] for r in rows) == sheets, rows
+        study = str(damaged["no_axial"])
+        assert browser.show_result(driver, study) == "img"
+        shown = browser.image_rendered(driver)
+        assert shown["decoded"] and shown["non_blank"], shown
+        assert f"filename={study}.png" in shown["images"][0]["src"], shown
+        assert study in browser.result_info(driver, study)["caption"]
+        rows = browser.list_results(driver, "QA", "Galleries")
+        assert {r["gallery"] for r in rows} == {"localization_errors", "label_noise",
+                                                "confident_wrong", "degraded"}, rows
+        assert browser.show_result(driver, "degraded") == "img"
+        shown = browser.image_rendered(driver)
+        assert shown["decoded"] and shown["non_blank"], shown
+        assert browser.console_errors(driver) == []
 
 
 @pytest.mark.slow
@@ -208,6 +273,10 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "lr.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     folds = TINY["folds"]["n"]
+    shards = make_config()["qa"]["shards"]
     assert planned_jobs(result.stdout) == {
         "train_parent_run": 1, "train_model": 3 * folds, "predict_oof": 3 * folds, "cv_eval": 1,
-        "predict_test": 3 * folds, "submission": 1, "cv_report": 1, "all": 1}, result.stdout[-3000:]
+        "predict_test": 3 * folds, "submission": 1, "cv_report": 1,
+        # the sheets show the probabilities: every sheet shard, galleries and their tracking
+        "qa_cases": 1, "qa_sheets": 2 * shards, "qa_studies": 1, "qa_galleries": 1, "qa_mlflow": 1,
+        "all": 1}, result.stdout[-3000:]

@@ -1,0 +1,169 @@
+# Visual QA: one sheet per study (test studies always, a seeded sample of train studies and
+# every train study a gallery shows), galleries of what needs a look, all in the report and
+# as artifacts of the MLflow parent run.
+
+# What each split's sheets read: train studies as the end-to-end CV sees them (out-of-fold
+# points, crops and probabilities), test studies as the submission used them.
+QA_SOURCES = {
+    "train": {"crops": "results/crops/train_predicted/index.parquet",
+              "probabilities": "results/eval/oof_end_to_end.csv",
+              "labels": [dataset_file("train.csv")]},
+    "test": {"crops": "results/crops/test/index.parquet",
+             "probabilities": "results/submission.csv",
+             "labels": [str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else []},
+}
+QA_CODE = code("qa/sheet", "qa/inputs", "qa/sources", "geometry", "localize/stacks", "xref", "metric",
+               "dataset")
+
+
+def qa_sheet_shards():
+    return expand("results/qa/sheets/{split}/shard{shard}", split=("train", "test"),
+                  shard=range(config["qa"]["shards"]))
+
+
+rule qa_cases:
+    input:
+        label_noise="results/localize/label_noise.csv",
+        oof="results/eval/oof_end_to_end.csv",
+        labels=dataset_file("train.csv"),
+        degraded="results/eval/degraded_rows.csv",
+        series="results/metadata/series.parquet",
+        code=code("qa/galleries", "qa/sources", "metric", "dataset"),
+    output:
+        cases="results/qa/cases.csv",
+        train_studies="results/qa/train_studies.txt",
+    params:
+        cfg=config["qa"],
+        seed=config["seed"],
+    log:
+        "logs/qa/cases.log",
+    benchmark:
+        "results/benchmarks/qa/cases.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/qa_cases.py"
+
+
+rule qa_sheets:
+    input:
+        series="results/metadata/series.parquet",
+        instances="results/metadata/instances.parquet",
+        stacks="results/localize/stacks/{split}/index.parquet",
+        predictions="results/localize/predictions_{split}.parquet",
+        coordinates="results/localize/coordinates.parquet",
+        reasons="results/localize/unlocalized_{split}.csv",
+        crops=lambda wc: QA_SOURCES[wc.split]["crops"],
+        probabilities=lambda wc: QA_SOURCES[wc.split]["probabilities"],
+        labels=lambda wc: QA_SOURCES[wc.split]["labels"],
+        only=lambda wc: ["results/qa/train_studies.txt"] if wc.split == "train" else [],
+        code=QA_CODE,
+    output:
+        directory("results/qa/sheets/{split}/shard{shard}"),
+    params:
+        crops=config["crops"],
+        shards=config["qa"]["shards"],
+        dpi=config["qa"]["dpi"],
+        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
+    wildcard_constraints:
+        split="train|test",
+        shard=r"\d+",
+    log:
+        "logs/qa/sheets_{split}_shard{shard}.log",
+    benchmark:
+        "results/benchmarks/qa/sheets_{split}_shard{shard}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/qa_sheets.py"
+
+
+rule qa_studies:
+    input:
+        shards=qa_sheet_shards(),
+    output:
+        report(directory("results/qa/studies"), patterns=["{study_id}.png"],
+               caption="../report/qa_study.rst", category="QA", subcategory="Study sheets",
+               labels={"study": "{study_id}"}),
+    log:
+        "logs/qa/studies.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/qa_studies.py"
+
+
+rule qa_galleries:
+    input:
+        cases="results/qa/cases.csv",
+        series="results/metadata/series.parquet",
+        instances="results/metadata/instances.parquet",
+        coordinates="results/localize/coordinates.parquet",
+        train_stacks="results/localize/stacks/train/index.parquet",
+        test_stacks="results/localize/stacks/test/index.parquet",
+        train_predictions="results/localize/predictions_train.parquet",
+        test_predictions="results/localize/predictions_test.parquet",
+        train_reasons="results/localize/unlocalized_train.csv",
+        test_reasons="results/localize/unlocalized_test.csv",
+        train_crops=QA_SOURCES["train"]["crops"],
+        test_crops=QA_SOURCES["test"]["crops"],
+        train_probabilities=QA_SOURCES["train"]["probabilities"],
+        test_probabilities=QA_SOURCES["test"]["probabilities"],
+        train_labels=QA_SOURCES["train"]["labels"],
+        test_labels=QA_SOURCES["test"]["labels"],
+        code=QA_CODE + code("qa/galleries"),
+    output:
+        report(directory("results/qa/galleries"), patterns=["{gallery}.png"],
+               caption="../report/qa_gallery.rst", category="QA", subcategory="Galleries",
+               labels={"gallery": "{gallery}"}),
+    params:
+        crops=config["crops"],
+        dpi=config["qa"]["dpi"],
+        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
+    log:
+        "logs/qa/galleries.log",
+    benchmark:
+        "results/benchmarks/qa/galleries.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/qa_galleries.py"
+
+
+rule qa_mlflow:
+    input:
+        studies="results/qa/studies",
+        galleries="results/qa/galleries",
+        parent="results/train/parent_run.json",
+        cv="results/eval/cv.json",  # the parent run is finished by cv_report first
+        code=code("tracking"),
+    output:
+        "results/qa/mlflow.json",
+    params:
+        tracking=config["mlflow"],
+    log:
+        "logs/qa/mlflow.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/qa_mlflow.py"
