@@ -89,7 +89,7 @@ def default_targets():
                "results/crops/test/summary.json", "results/crops/train_predicted/summary.json",
                "results/submission.csv",
                "results/eval/cv.json", "results/qa/studies", "results/qa/galleries",
-               "results/qa/mlflow.json"]
+               "results/qa/mlflow.json", "results/tracking/registered_model.json"]
     if SYNTHETIC:
         targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",
                     "results/eval/localization.json"]

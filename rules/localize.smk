@@ -90,6 +90,7 @@ rule train_localizer:
         folds="results/folds.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
         tracking="results/tracking/experiment.txt",
+        datasets="results/tracking/datasets.json",
         code=code("localize/models", "localize/samples", "localize/training", "localize/pipeline",
                   "checkpoints", "geometry", "xref"),
     output:
@@ -189,6 +190,7 @@ rule localize_eval:
         series="results/metadata/series.parquet",
         centers=str(SYNTHETIC_DIR / "level_centers.csv"),
         tracking="results/tracking/experiment.txt",
+        datasets="results/tracking/datasets.json",
         code=code("localize/evaluate", "localize/samples"),
     output:
         report("results/eval/localization.json", caption="../report/localization.rst",

@@ -91,6 +91,34 @@ rule cv_report:
         "../workflow_scripts/cv_report.py"
 
 
+rule register_model:
+    input:
+        models=family_models(),
+        temperatures="results/train/temperatures.json",
+        labels=dataset_file("train.csv"),
+        index="results/crops/test/index.parquet",
+        cv="results/eval/cv.json",
+        parent="results/train/parent_run.json",
+        code=code("classify/mlflow_model", "classify/inference", "classify/data", "classify/models",
+                  "classify/pipeline", "checkpoints", "tracking"),
+    output:
+        "results/tracking/registered_model.json",
+    params:
+        tracking=config["mlflow"],
+        inference=config["inference"],
+        name=config["registry"]["name"],
+    log:
+        "logs/register_model.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/pipeline.yaml"
+    script:
+        "../workflow_scripts/register_model.py"
+
+
 # Further training seeds (train.seeds): test predictions, submission and cv.json of each seed's
 # models under results/seeds/{seed}/ (see train.smk), then their spread over the seeds.
 use rule predict_test as predict_test_seed with:

@@ -34,6 +34,7 @@ def family_models():
 rule train_parent_run:
     input:
         tracking="results/tracking/experiment.txt",
+        datasets="results/tracking/datasets.json",
     output:
         "results/train/parent_run.json",
     params:
@@ -67,6 +68,7 @@ rule train_model:
         labels=dataset_file("train.csv"),
         folds="results/folds.parquet",
         parent="results/train/parent_run.json",
+        datasets="results/tracking/datasets.json",
         code=code("classify/data", "classify/jitter", "classify/models", "classify/training",
                   "classify/pipeline", "crops/views", "checkpoints"),
     output:

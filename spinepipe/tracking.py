@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import unquote, urlparse
@@ -38,6 +38,80 @@ from urllib.parse import unquote, urlparse
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+CONFIG_HASH_TAG = "spinepipe.config_hash"
+RULE_TAG = "snakemake.rule"
+
+
+@dataclass
+class _Context:
+    """What every run this process creates is tagged with and nested under."""
+
+    rule: str | None = None
+    config_hash: str | None = None           # the root run's key; None: runs stand alone
+    root_run_ids: dict[str, str] = field(default_factory=dict)  # (uri, hash) -> root, cached
+    datasets: dict[str, Any] | None = None   # split -> record (tracking_datasets)
+    contexts: dict[str, str] | None = None   # split -> "training" | "evaluation"
+
+
+_CONTEXT = _Context()
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """16 hex digits identifying a whole pipeline configuration."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def workflow_context(rule: str | None, config: Mapping[str, Any] | None = None,
+                     datasets_file: str | Path | None = None,
+                     contexts: Mapping[str, str] | None = None) -> None:
+    """Called by a rule's script before it creates runs: the runs name the rule as their
+    source (``mlflow.source.name``, tag ``snakemake.rule``); unless given another parent,
+    they nest under the root run of ``config`` (the whole ``snakemake.config``; see
+    :func:`root_run_id`); and they log the splits of ``datasets_file`` (rule
+    ``dataset_record``) named in ``contexts`` (split -> ``training`` / ``evaluation``) as
+    their MLflow dataset inputs. The config is read at run time, never a rule's param: a
+    config change reruns only the stages that use the changed part, and those attach to the
+    new configuration's root."""
+    import json
+
+    _CONTEXT.rule = rule
+    _CONTEXT.config_hash = None if config is None else config_hash(config)
+    _CONTEXT.datasets = None if datasets_file is None else json.loads(Path(datasets_file).read_text())
+    _CONTEXT.contexts = dict(contexts or {})
+
+
+def git_commit(repo: Path = REPO_DIR) -> str | None:
+    """The pipeline checkout's commit, for MLflow's standard ``mlflow.source.git.commit``
+    (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and len(commit) == 40 else None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags for a run created by a pipeline rule: the rule as the
+    source name (not the temporary script Snakemake runs), type JOB, the git commit."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    tags = {MLFLOW_SOURCE_TYPE: "JOB"}
+    if _CONTEXT.rule:
+        tags[MLFLOW_SOURCE_NAME] = f"snakemake rule {_CONTEXT.rule}"
+        tags[RULE_TAG] = _CONTEXT.rule
+    commit = git_commit()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
 
 DEFAULT_RETRY_ATTEMPTS = 6
 DEFAULT_RETRY_SECONDS = 60.0
@@ -235,7 +309,9 @@ def _experiment_id(uri: str, name: str) -> str:
                                 f"another mlflow.experiment")
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        # a model-training experiment, for UIs that read the kind (MLflow 3.17 picks its view
+        # from the URL instead: README "Experiment tracking")
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created meanwhile by a parallel job
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -278,10 +354,21 @@ def _create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
     user_tags = {**dict(tags or {}), MLFLOW_RUN_NAME: run_name}
+    if parent_run_id is None and _CONTEXT.config_hash is not None:
+        parent_run_id = root_run_id(uri, experiment, _CONTEXT.config_hash)
     if parent_run_id:
         user_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = _client(uri).create_run(_experiment_id(uri, experiment), run_name=run_name,
-                                  tags=registry.resolve_tags(user_tags))
+    # the context registry's defaults first (user, ...), then ours over its source name/type
+    resolved = {**registry.resolve_tags(user_tags), **source_tags()}
+    run = _client(uri).create_run(_experiment_id(uri, experiment), run_name=run_name, tags=resolved)
+    if _CONTEXT.datasets and _CONTEXT.contexts:
+        from spinepipe.tracking_datasets import log_datasets
+
+        try:
+            log_datasets(uri, run.info.run_id, _CONTEXT.datasets, _CONTEXT.contexts)
+        except Exception as error:  # noqa: BLE001 - the run stands without its dataset record
+            log.warning("run %s: dataset inputs not logged at %s (%s: %s)", run_name, uri,
+                        type(error).__name__, str(error)[:300])
     return run.info.run_id
 
 
@@ -291,10 +378,12 @@ def _log_params(uri: str, run_id: str, batch: Mapping[str, str]) -> None:
     _client(uri).log_batch(run_id, params=[Param(k, v) for k, v in batch.items()])
 
 
-def _log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None) -> None:
+def _log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None,
+                 timestamp: int) -> None:
+    """``timestamp`` is taken once by the caller: a retry after a write that reached the store
+    but timed out on the way back repeats the same entries, which the store then skips."""
     from mlflow.entities import Metric
 
-    timestamp = int(time.time() * 1000)
     _client(uri).log_batch(run_id, metrics=[Metric(k, v, timestamp, step or 0)
                                             for k, v in metrics.items()])
 
@@ -340,7 +429,8 @@ class RunLogger:
     def __call__(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         finite = _finite(metrics)
         if self.run_id is not None and finite:
-            self.attempt(f"metrics (step {step})", _log_metrics, self.uri, self.run_id, finite, step)
+            self.attempt(f"metrics (step {step})", _log_metrics, self.uri, self.run_id, finite, step,
+                         int(time.time() * 1000))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.run_id is not None:
@@ -416,6 +506,42 @@ def start_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping
         raise TrackingError(f"tracking store {uri}: cannot create the parent run: "
                             f"{type(error).__name__}: {str(error).strip()[:500]}") from error
     return run_id
+
+
+def _roots(uri: str, experiment_id: str, key: str) -> list[Any]:
+    runs = _client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{key}' and tags.`stage` = 'pipeline'",
+        max_results=100)
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def root_run_id(uri: str, experiment: str, key: str) -> str:
+    """The root run of configuration ``key`` (tag ``spinepipe.config_hash``), created on
+    first use. Parallel jobs may all find none and create one each: after creating, a job
+    looks again and keeps the oldest root (start time, then id), deleting its own if it
+    lost, so every job of the configuration attaches to the same root without a lock."""
+    from mlflow.tracking.context import registry
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    cached = _CONTEXT.root_run_ids.get(f"{uri} {key}")
+    if cached:
+        return cached
+    experiment_id = _experiment_id(uri, experiment)
+    found = _roots(uri, experiment_id, key)
+    if not found:
+        client = _client(uri)
+        tags = {**registry.resolve_tags({MLFLOW_RUN_NAME: "pipeline", CONFIG_HASH_TAG: key,
+                                         "stage": "pipeline"}), **source_tags()}
+        created = client.create_run(experiment_id, run_name="pipeline", tags=tags).info.run_id
+        client.set_terminated(created, "FINISHED")  # a container: children may still attach
+        found = _roots(uri, experiment_id, key)
+        if found and found[0].info.run_id != created:
+            client.delete_run(created)
+            log.info("root run %s of configuration %s created beside %s: deleted", created, key,
+                     found[0].info.run_id)
+        found = found or [client.get_run(created)]
+    _CONTEXT.root_run_ids[f"{uri} {key}"] = found[0].info.run_id
+    return found[0].info.run_id
 
 
 def finish_run(tracking: Mapping[str, Any], run_id: str, metrics: Mapping[str, float],

@@ -1,15 +1,27 @@
-"""The tiny pipeline through profiles/slurm on a real single-node Slurm cluster.
+"""The tiny pipeline through profiles/slurm on a real single-node Slurm cluster, tracking
+to a PostgreSQL-backed MLflow tracking server (the set-up the README documents for clusters).
 
-The fixture installs and starts Slurm on localhost (tests/slurm_cluster.py); the test is
-skipped only where that cannot be done (not root, no apt-get, the packages do not install,
-or a system Slurm configuration in /etc/slurm that the job steps would read).
+The fixtures install and start Slurm on localhost (tests/slurm_cluster.py), PostgreSQL
+(tests/postgres_server.py) and ``mlflow server`` on it (tests/mlflow_server.py); the tests
+are skipped only where that cannot be done (not root, no apt-get, the packages do not
+install, or a system Slurm configuration in /etc/slurm that the job steps would read).
+
+The run uses the profile as it is, except two things given on the command line: a config
+overlay pointing ``mlflow.tracking_uri`` at the server, and every rule's ``mem_mb`` capped
+at half the node's memory (the tiny data needs far less), so that any two jobs fit side by
+side and the training jobs (train_model asks for 16 GB) really run, and write to the
+tracking server, in parallel. The expected jobs come from a dry run of the same command.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import time
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +29,19 @@ import polars as pl
 import pytest
 import yaml
 
+import mlflow_server
+import postgres_server
 import slurm_cluster
 from conftest import REPO, TINY
+from test_workflow import planned_jobs
 from test_workflow import snakemake as run_local
 
 PROFILE = REPO / "profiles" / "slurm"
-# Every rule of the default target (the whole tiny pipeline, training and submission
-# included) runs as a Slurm job.
-SLURM_RULES = {"synthesize_shard", "synthesize", "dataset_summary", "synthetic_learnability",
-               "instances_shard", "metadata", "axial_xref", "geometry_eval", "tracking_init",
-               "folds", "localizer_stacks", "train_localizer", "localize", "coordinates",
-               "localize_eval", "crops_shard", "crops_index", "train_parent_run", "train_model",
-               "predict_oof", "cv_eval", "predict_test", "submission", "cv_report"}
-RUN_LIMIT_S = 1200
+# Rules of the default target that snakemake runs itself, not as Slurm jobs.
+LOCAL_RULES = {"all"}
+TRAINING_RULES = ("train_localizer", "train_model")
+RUN_LIMIT_S = 1800
+SQUEUE_FORMAT = "%i|%T|%k|%S|%e"  # job id, state, comment (rule), start and end time
 
 
 @pytest.fixture(scope="module")
@@ -58,44 +70,217 @@ def local_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm, tmp_path_factory):
+def tracking_server(slurm, tmp_path_factory):
+    """``mlflow server`` on a PostgreSQL database, both started here (after Slurm, so that a
+    machine without Slurm skips before installing PostgreSQL)."""
+    try:
+        database = postgres_server.start_postgres()
+    except postgres_server.PostgresUnavailable as reason:
+        pytest.skip(f"no PostgreSQL on this machine: {reason}")
+    try:
+        server = mlflow_server.start_mlflow_server(database.uri, tmp_path_factory.mktemp("mlflow"))
+    except BaseException:
+        database.stop()
+        raise
+    print(f"PostgreSQL up in {database.startup_s:.1f} s, mlflow server answering in "
+          f"{server.startup_s:.1f} s (first start: schema migration included)")
+    yield server
+    server.stop()
+    database.stop()
+
+
+def _capped_resources(max_mem_mb: int) -> list[str]:
+    """The profile's set-resources with every mem_mb capped at ``max_mem_mb``, as command-line
+    values (given on the command line, set-resources replaces the profile's whole table)."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    return [f"{rule}:{name}={min(int(value), max_mem_mb) if name == 'mem_mb' else value}"
+            for rule, resources in profile.get("set-resources", {}).items()
+            for name, value in resources.items()]
+
+
+def _time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # "N/A", "Unknown"
+        return None
+
+
+def _jobs(squeue: str) -> list[dict]:
+    jobs = []
+    for line in squeue.splitlines():
+        if line.strip():
+            job_id, state, comment, start, end = line.split("|")
+            jobs.append({"id": job_id, "state": state, "comment": comment,
+                         "rule": comment.removeprefix("rule_").split("_wildcards_")[0],
+                         "start": _time(start), "end": _time(end)})
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm, tracking_server, tmp_path_factory):
     workdir = tiny_workdir(tmp_path_factory, "on_slurm")
+    (workdir / "tracking.yaml").write_text(
+        yaml.safe_dump({"mlflow": {"tracking_uri": tracking_server.uri}}))
+    args = ["-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(PROFILE),
+            "--slurm-keep-successful-logs", "--configfile", "tiny.yaml", "tracking.yaml",
+            "--set-resources", *_capped_resources(slurm.memory_mb // 2)]
+    dry = subprocess.run([sys.executable, "-m", "snakemake", *args, "--dry-run"],
+                         capture_output=True, text=True, cwd=workdir, env=slurm.env, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = Counter({rule: n for rule, n in planned_jobs(dry.stdout).items()
+                       if rule not in LOCAL_RULES})
     # A status query that never returns (sacct without slurmdbd) makes snakemake ignore
     # SIGTERM, hence SIGKILL; the job and its children share the timeout's process group.
-    cmd = ["timeout", "-s", "KILL", str(RUN_LIMIT_S), sys.executable, "-m", "snakemake",
-           "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--profile", str(PROFILE),
-           "--slurm-keep-successful-logs", "--configfile", "tiny.yaml"]
+    cmd = ["timeout", "-s", "KILL", str(RUN_LIMIT_S), sys.executable, "-m", "snakemake", *args]
+    started = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=slurm.env,
                             timeout=RUN_LIMIT_S + 30)
-    jobs = slurm.run("squeue", "--states=all", "--noheader", "--format=%i|%T|%k").stdout
+    seconds = time.monotonic() - started
+    squeue = slurm.run("squeue", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}").stdout
     if result.returncode != 0:
         failed_logs = "\n".join(
             f"--- {log} ---\n{log.read_text()[-1500:]}"
             for log in sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log")))
         pytest.fail(f"snakemake --profile slurm failed (rc {result.returncode}):\n"
-                    f"{result.stderr[-4000:]}\nsqueue:\n{jobs}\n{failed_logs}\n{slurm.logs()}")
-    return workdir, result, jobs
+                    f"{result.stderr[-4000:]}\nsqueue:\n{squeue}\n{failed_logs}\n{slurm.logs()}\n"
+                    f"--- mlflow server ---\n{tracking_server.logs()}")
+    print(f"snakemake --profile slurm: {sum(planned.values())} jobs in {seconds:.0f} s")
+    return {"workdir": workdir, "result": result, "squeue": squeue, "jobs": _jobs(squeue),
+            "planned": planned, "seconds": seconds, "server": tracking_server}
 
 
 @pytest.mark.slow
 def test_pipeline_runs_as_slurm_jobs(slurm_run):
-    workdir, result, squeue = slurm_run
-    rows = [line.split("|") for line in squeue.splitlines() if line.strip()]
+    workdir, result, squeue = slurm_run["workdir"], slurm_run["result"], slurm_run["squeue"]
+    jobs = slurm_run["jobs"]
     # Every job of the DAG went through sbatch and completed.
-    states = {state for _, state, _ in rows}
-    assert states == {"COMPLETED"}, squeue
-    rules = [comment.removeprefix("rule_").split("_wildcards_")[0] for _, _, comment in rows]
-    assert set(rules) == SLURM_RULES, squeue
-    assert rules.count("synthesize_shard") == 3 and rules.count("instances_shard") == 8, squeue
-    assert rules.count("train_model") == 3 * TINY["folds"]["n"], squeue
+    assert {job["state"] for job in jobs} == {"COMPLETED"}, squeue
+    rules = Counter(job["rule"] for job in jobs)
+    assert rules == slurm_run["planned"], squeue
+    assert rules["synthesize_shard"] == 3 and rules["instances_shard"] == 8, squeue
+    assert rules["train_model"] == 3 * TINY["folds"]["n"], squeue
     output = result.stdout + result.stderr
-    assert output.count("has been submitted with SLURM jobid") == len(rows), output[-3000:]
+    assert output.count("has been submitted with SLURM jobid") == len(jobs), output[-3000:]
     # The executor's per-job logs (kept with --slurm-keep-successful-logs).
     logdir = workdir / ".snakemake" / "slurm_logs"
-    assert {p.name.removeprefix("rule_") for p in logdir.iterdir()} == SLURM_RULES
-    assert len(list(logdir.rglob("*.log"))) == len(rows)
+    assert {p.name.removeprefix("rule_") for p in logdir.iterdir()} == set(rules)
+    assert len(list(logdir.rglob("*.log"))) == len(jobs)
     # The rules' own logs were written by the jobs on the node.
     assert (workdir / "logs" / "eval" / "geometry.log").is_file()
+
+
+@pytest.mark.slow
+def test_training_jobs_ran_in_parallel(slurm_run):
+    """The parallel writes to the tracking server are real: jobs of each training rule ran
+    at the same time on the node (Slurm's start and end times, 1 s resolution)."""
+    for rule in TRAINING_RULES:
+        spans = [(job["start"], job["end"]) for job in slurm_run["jobs"] if job["rule"] == rule]
+        assert spans and all(start and end for start, end in spans), slurm_run["squeue"]
+        most = max(sum(1 for start, end in spans if start <= moment < end)
+                   for moment, _ in spans)
+        assert most >= 2, f"no two {rule} jobs overlapped:\n{slurm_run['squeue']}"
+
+
+def _models(folder: Path) -> set[str]:
+    return {path.stem for path in folder.glob("*.pt")}
+
+
+def _assert_history(client, run, record_by_step: dict[int, dict], where: str) -> None:
+    """Every finite value of the per-epoch records is the run's metric at that step, and
+    each metric has one entry per epoch (no lost and no duplicated writes)."""
+    keys = {key for record in record_by_step.values() for key, value in record.items()
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value)}
+    assert keys, where
+    for key in keys:
+        history = client.get_metric_history(run.info.run_id, key)
+        expected = {step: float(record[key]) for step, record in record_by_step.items()
+                    if isinstance(record.get(key), (int, float)) and math.isfinite(record[key])}
+        assert sorted(m.step for m in history) == sorted(expected), f"{where} {key}: {history}"
+        for metric in history:
+            assert metric.value == pytest.approx(expected[metric.step], rel=1e-6, abs=1e-9), \
+                f"{where} {key} step {metric.step}"
+
+
+@pytest.fixture(scope="module")
+def tracked(slurm_run):
+    from mlflow import MlflowClient
+
+    from conftest import make_config
+
+    client = MlflowClient(slurm_run["server"].uri)
+    name = make_config()["mlflow"]["experiment"]
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no experiment {name!r} on {slurm_run['server'].uri}"
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    return client, runs
+
+
+@pytest.mark.slow
+def test_every_training_run_and_metric_reached_the_tracking_server(slurm_run, tracked):
+    """One FINISHED run per model file, with the full per-epoch metric history, written in
+    parallel by the Slurm jobs through the PostgreSQL-backed server. Runs are matched by
+    their tags (stage, kind/task/fold, family/fold), not by their names."""
+    from spinepipe import checkpoints
+
+    client, runs = tracked
+    results = slurm_run["workdir"] / "results"
+    # no job gave up on the store (tracking is best effort: a lost write is only a warning)
+    warnings = [f"{log}: {line}" for log in (slurm_run["workdir"] / "logs").rglob("*.log")
+                for line in log.read_text(errors="replace").splitlines() if "not tracked" in line]
+    assert not warnings, "\n".join(warnings[:20])
+
+    localizers = [run for run in runs
+                  if run.data.tags.get("stage") == "localize" and "kind" in run.data.tags]
+    keys = Counter(f"{r.data.tags['kind']}_{r.data.tags['task']}_fold{r.data.tags['fold']}"
+                   for r in localizers)
+    models = _models(results / "localize" / "models")
+    assert models and keys == Counter(models), (sorted(keys.elements()), sorted(models))
+    localize_cfg = TINY["localize"]
+    for run in localizers:
+        tags = run.data.tags
+        where = f"localizer run {run.info.run_name}"
+        assert run.info.status == "FINISHED", where
+        meta = checkpoints.load(results / "localize" / "models" /
+                                f"{tags['kind']}_{tags['task']}_fold{tags['fold']}.pt")["meta"]
+        epochs = localize_cfg[f"{tags['kind']}_model"]["epochs"]
+        # the model file holds the last epoch's figures: one entry per epoch of each
+        for key, value in meta["metrics"].items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                continue
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(epochs)), f"{where} {key}"
+            last = next(m for m in history if m.step == epochs - 1)
+            assert last.value == pytest.approx(value, rel=1e-6, abs=1e-9), f"{where} {key}"
+
+    severity = [run for run in runs
+                if run.data.tags.get("stage") == "train" and "family" in run.data.tags]
+    keys = Counter(f"{r.data.tags['family']}_fold{r.data.tags['fold']}" for r in severity)
+    models = _models(results / "train" / "models")
+    assert len(models) == 3 * TINY["folds"]["n"], models
+    assert keys == Counter(models), (sorted(keys.elements()), sorted(models))
+    parent_id = json.loads((results / "train" / "parent_run.json").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    for run in severity:
+        tags = run.data.tags
+        where = f"severity run {run.info.run_name}"
+        assert run.info.status == "FINISHED", where
+        assert tags.get("mlflow.parentRunId") == parent_id, where
+        meta = checkpoints.load(results / "train" / "models" /
+                                f"{tags['family']}_fold{tags['fold']}.pt")["meta"]
+        history = meta["history"]
+        assert [record["epoch"] for record in history] == list(range(TINY["train"]["epochs"]))
+        _assert_history(client, run, {record["epoch"]: record for record in history}, where)
+        assert run.data.metrics["best_epoch"] == meta["best_epoch"], where
+
+    # artifacts went through the server (proxied, mlflow-artifacts:/) to its own folder
+    logged = json.loads((results / "qa" / "mlflow.json").read_text())["artifacts"]
+    for artifact_path, names in logged.items():
+        assert names, artifact_path
+        listed = {Path(item.path).name for item in client.list_artifacts(parent_id, artifact_path)}
+        assert listed == set(names), artifact_path
+    print(f"{len(runs)} runs in the experiment: {len(localizers)} localizer and "
+          f"{len(severity)} severity training runs checked")
 
 
 def _without_paths(value):
@@ -109,7 +294,7 @@ def _without_paths(value):
 
 @pytest.mark.slow
 def test_slurm_outputs_match_a_local_run(slurm_run, local_run):
-    on_slurm = slurm_run[0] / "results"
+    on_slurm = slurm_run["workdir"] / "results"
     local = local_run / "results"
     csvs = sorted(p.name for p in (local / "synthetic").glob("*.csv"))
     assert len(csvs) == 8

@@ -152,3 +152,142 @@ def test_each_epoch_is_checkpointed_before_its_metrics_are_logged(tmp_path):
         CropDataset(samples, data, train=False), cfg, device=torch.device("cpu"), seed=0,
         checkpoint=checkpoint, fingerprint="f", log_metrics=log_metrics)
     assert seen == [0, 1]
+
+
+def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch):
+    """workflow_context: runs created after it name the rule as their source, carry the git
+    commit and the dataset inputs, and nest under their configuration's root run (one per
+    config, created on first use) unless given a parent."""
+    import json
+
+    import mlflow
+
+    from spinepipe import tracking
+    from spinepipe.tracking import config_hash, start_parent_run, workflow_context
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
+           "retry_attempts": 2, "retry_seconds": 1.0}
+    init_tracking(cfg)
+    monkeypatch.setattr(tracking, "git_commit", lambda repo=None: "a" * 40)
+    config = {"seed": 1, "mlflow": cfg}
+    records = {"train": {"name": "synthetic:train", "digest": "0123456789abcdef", "source": str(tmp_path),
+                         "split": "train", "profile": {"studies": 4, "series": 12, "files": 300}}}
+    (tmp_path / "datasets.json").write_text(json.dumps(records))
+    workflow_context("train_localizer", config, tmp_path / "datasets.json", {"train": "training"})
+    with mlflow_run(cfg, "localize/point/sagittal_t1/fold0", {"fold": 0}) as logger:
+        child = logger.run_id
+    workflow_context("train_parent_run", config)
+    parent = start_parent_run(cfg, "train/seed1", {})
+    workflow_context("train_model", config)
+    with mlflow_run(cfg, "train/seed1/spinal/fold0", {}, parent_run_id=parent) as logger:
+        grandchild = logger.run_id
+    client = mlflow.MlflowClient(cfg["tracking_uri"])
+    experiment = client.get_experiment_by_name("spinepipe").experiment_id
+    roots = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_name for r in roots] == ["pipeline"]
+    root = roots[0].info.run_id
+    tags = {run_id: client.get_run(run_id).data.tags for run_id in (root, child, parent, grandchild)}
+    assert tags[root]["spinepipe.config_hash"] == config_hash(config)
+    assert client.get_run(root).info.status == "FINISHED"
+    assert tags[child]["mlflow.parentRunId"] == root and tags[parent]["mlflow.parentRunId"] == root
+    assert tags[grandchild]["mlflow.parentRunId"] == parent
+    assert tags[child]["mlflow.source.name"] == "snakemake rule train_localizer"
+    assert tags[grandchild]["snakemake.rule"] == "train_model"
+    assert all(t["mlflow.source.git.commit"] == "a" * 40 and t["mlflow.source.type"] == "JOB"
+               for t in tags.values())
+    (dataset_input,) = client.get_run(child).inputs.dataset_inputs
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("synthetic:train", "0123456789abcdef")
+    assert json.loads(dataset_input.dataset.profile) == {"studies": 4, "series": 12, "files": 300}
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    # another configuration: its own root
+    workflow_context("train_localizer", {**config, "seed": 2})
+    with mlflow_run(cfg, "localize/point/sagittal_t1/fold0", {}) as logger:
+        other = client.get_run(logger.run_id).data.tags["mlflow.parentRunId"]
+    assert other != root and client.get_run(other).data.tags["spinepipe.config_hash"] == config_hash(
+        {**config, "seed": 2})
+    workflow_context("other")  # no config: a run of its own, the source still named
+    with mlflow_run(cfg, "loose", {}) as logger:
+        assert "mlflow.parentRunId" not in client.get_run(logger.run_id).data.tags
+    workflow_context(None)
+
+
+def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
+    """Jobs that all find no root and create one each end up on the same root; the losers'
+    roots are deleted, so one root run stays."""
+    import mlflow
+
+    from spinepipe import tracking
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
+           "retry_attempts": 2, "retry_seconds": 1.0}
+    init_tracking(cfg)
+    barrier = threading.Barrier(3)
+    real_roots = tracking._roots
+    first_look: set[int] = set()
+
+    def racing_roots(uri, experiment_id, key):
+        found = real_roots(uri, experiment_id, key)
+        if threading.get_ident() not in first_look:  # everyone looks before anyone creates
+            first_look.add(threading.get_ident())
+            barrier.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(tracking, "_roots", racing_roots)
+    chosen: list[str] = []
+
+    def job():
+        tracking._CONTEXT.root_run_ids.clear()
+        chosen.append(tracking.root_run_id(cfg["tracking_uri"], "spinepipe", "feedbeef"))
+
+    threads = [threading.Thread(target=job) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(chosen) == 3 and len(set(chosen)) == 1, chosen
+    client = mlflow.MlflowClient(cfg["tracking_uri"])
+    experiment = client.get_experiment_by_name("spinepipe").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == chosen[:1]
+
+
+def test_git_commit_of_this_checkout(tmp_path):
+    import subprocess
+
+    from spinepipe.tracking import REPO_DIR, git_commit
+
+    expected = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    assert git_commit() == expected and len(expected) == 40
+    assert git_commit(tmp_path) is None  # not a checkout: no tag rather than a wrong one
+
+
+def test_dataset_digest_follows_the_csvs_and_the_file_list(tmp_path):
+    """The split's digest changes with a CSV's content, a file's size or a file more, and
+    not with where the same data lies (paths are taken relative to the data folder)."""
+    import polars as pl
+
+    from spinepipe.tracking_datasets import dataset_records, split_digest
+
+    def make(root):
+        root.mkdir()
+        for name in ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv",
+                     "test_series_descriptions.csv"):
+            (root / name).write_text(f"{name}\n1,2\n")
+        files = pl.DataFrame({"path": [str(root / "train_images/1/10/1.dcm"), str(root / "train_images/1/10/2.dcm")],
+                              "file_size": [100, 200], "split": ["train", "train"], "study_id": [1, 1]})
+        return files
+
+    files = make(tmp_path / "a")
+    base = split_digest(tmp_path / "a", "train", files)
+    assert split_digest(tmp_path / "b", "train", make(tmp_path / "b")) == base
+    assert split_digest(tmp_path / "a", "train", files.with_columns(file_size=pl.Series([100, 201]))) != base
+    assert split_digest(tmp_path / "a", "train", files.head(1)) != base
+    (tmp_path / "a" / "train.csv").write_text("train.csv\n1,3\n")
+    assert split_digest(tmp_path / "a", "train", files) != base
+    series = pl.DataFrame({"study_id": [1, 1], "series_id": [10, 11], "split": ["train", "train"]})
+    records = dataset_records(tmp_path / "a", "synthetic", files, series)
+    assert records["train"]["profile"] == {"studies": 1, "series": 2, "files": 2}
+    assert records["test"]["profile"] == {"studies": 0, "series": 0, "files": 0}
+    assert records["train"]["name"] == "synthetic:train"

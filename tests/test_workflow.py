@@ -191,6 +191,104 @@ def test_every_test_study_and_every_gallery_case_gets_a_sheet(workflow_run):
 
 
 @pytest.mark.slow
+def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
+    """A fresh run's store has exactly one root run (the configuration's, tagged with its
+    hash); the localizer, training and evaluation runs nest under it with names that sort;
+    every run names its rule as source and carries the checkout's git commit."""
+    import mlflow
+
+    workflow_run, _ = workflow_run
+    results = workflow_run / "results"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spinepipe")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+    roots = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_name for r in roots] == ["pipeline"], [r.info.run_name for r in roots]
+    root = roots[0]
+    from spinepipe.tracking import config_hash
+
+    assert root.data.tags["spinepipe.config_hash"] == config_hash(make_config())
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+
+    def path(run) -> list[str]:  # run names from the root down
+        names = [run.info.run_name]
+        while "mlflow.parentRunId" in run.data.tags:
+            run = by_id[run.data.tags["mlflow.parentRunId"]]
+            names.insert(0, run.info.run_name)
+        return names
+
+    folds = TINY["folds"]["n"]
+    localizers = sorted(r.info.run_name for r in runs if r.info.run_name.startswith("localize/"))
+    assert len(localizers) == len(list((results / "localize" / "models").glob("*.pt")))
+    assert "localize/point/sagittal_t1/fold0" in localizers
+    severity = sorted(r.info.run_name for r in runs if r.info.run_name.count("/") == 3
+                      and r.info.run_name.startswith("train/"))
+    assert severity == sorted(f"train/seed2024/{family}/fold{k}" for family in
+                              ("spinal", "foraminal", "subarticular") for k in range(folds))
+    for run in runs:
+        names = path(run)
+        assert names[0] == "pipeline", names
+        if run.info.run_name.startswith("train/seed2024/"):
+            assert names[:2] == ["pipeline", "train/seed2024"], names
+        assert run.data.tags.get("mlflow.source.git.commit") == commit, run.info.run_name
+        assert run.data.tags["mlflow.source.name"].startswith("snakemake rule "), run.data.tags
+    assert "evaluate/localization" in {r.info.run_name for r in runs}
+    # the data each run trained and was evaluated on, as MLflow datasets
+    records = json.loads((results / "tracking" / "datasets.json").read_text())
+    assert records["train"]["profile"]["studies"] == TINY["synthetic"]["n_train"]
+    assert records["test"]["profile"]["studies"] == TINY["synthetic"]["n_test"]
+
+    def inputs(run) -> dict[str, tuple[str, str]]:  # context -> (name, digest)
+        return {next(t.value for t in d.tags if t.key == "mlflow.data.context"):
+                (d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+
+    train = (records["train"]["name"], records["train"]["digest"])
+    for run in runs:
+        name = run.info.run_name
+        if name.startswith("localize/") or name.count("/") == 3:
+            assert inputs(run) == {"training": train}, (name, inputs(run))
+    parent = next(r for r in runs if r.info.run_name == "train/seed2024")
+    assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {
+        records["train"]["digest"], records["test"]["digest"]}
+
+
+@pytest.mark.slow
+def test_registered_ensemble_grades_test_studies_as_the_pipeline_did(workflow_run, monkeypatch):
+    """models:/<name>/<version> loads back with mlflow.pyfunc and, given the test studies'
+    crop index, gives the submission's probabilities (every row, fallbacks included); the
+    version carries the run's scores; every fold run has its own logged model."""
+    import mlflow
+
+    workflow_run, _ = workflow_run
+    results = workflow_run / "results"
+    monkeypatch.chdir(workflow_run)  # the crop index holds paths relative to the run folder
+    record = json.loads((results / "tracking" / "registered_model.json").read_text())
+    assert "error" not in record, record
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(record["uri"])
+    index = pl.read_parquet(results / "crops" / "test" / "index.parquet")
+    graded = pl.from_pandas(model.predict(index.to_pandas()))
+    submission = pl.read_csv(results / "submission.csv")
+    assert sorted(graded["row_id"].to_list()) == sorted(submission["row_id"].to_list())
+    joined = submission.join(graded, on="row_id", suffix="_mlflow")
+    for column in ("normal_mild", "moderate", "severe"):
+        assert np.allclose(joined[column], joined[f"{column}_mlflow"], atol=1e-6), column
+    client = mlflow.MlflowClient(uri)
+    version = client.get_model_version(record["name"], record["version"])
+    cv = json.loads((results / "eval" / "cv.json").read_text())
+    assert float(version.tags["cv_score"]) == pytest.approx(cv["cv_score"], abs=1e-6)
+    assert float(version.tags["test_score"]) == pytest.approx(cv["test_score"], abs=1e-6)
+    experiment = client.get_experiment_by_name("spinepipe")
+    fold_runs = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+                 if r.info.run_name.startswith("train/seed2024/") and r.info.run_name.count("/") == 3]
+    models = client.search_logged_models([experiment.experiment_id], max_results=1000)
+    assert {r.info.run_id for r in fold_runs} <= {m.source_run_id for m in models}
+
+
+@pytest.mark.slow
 def test_html_report(workflow_run):
     workflow_run, _ = workflow_run
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", "report.html")
@@ -279,4 +377,4 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
         "predict_test": 3 * folds, "submission": 1, "cv_report": 1,
         # the sheets show the probabilities: every sheet shard, galleries and their tracking
         "qa_cases": 1, "qa_sheets": 2 * shards, "qa_studies": 1, "qa_galleries": 1, "qa_mlflow": 1,
-        "all": 1}, result.stdout[-3000:]
+        "register_model": 1, "all": 1}, result.stdout[-3000:]

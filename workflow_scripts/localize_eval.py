@@ -7,10 +7,12 @@ import polars as pl
 
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import flatten, mlflow_run
+from spinepipe.tracking import flatten, mlflow_run, workflow_context
 from spinepipe.xref import stack_geometries
 
 setup_logging(snakemake.log[0])
+workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets,
+                 {"train": "evaluation", "test": "evaluation"})
 instances = pl.read_parquet(snakemake.input.instances)
 series = pl.read_parquet(snakemake.input.series)
 geometries = stack_geometries(instances, series)
@@ -21,6 +23,6 @@ result = {split: evaluate_localization(pl.read_parquet(getattr(snakemake.input, 
 Path(snakemake.output[0]).write_text(json.dumps(result, indent=2))
 for line in json.dumps(result, indent=1).splitlines():
     logging.info(line)
-with mlflow_run(snakemake.params.tracking, "localize-eval", {}, tags={"stage": "localize-eval"}) as log_metrics:
+with mlflow_run(snakemake.params.tracking, "evaluate/localization", {}, tags={"stage": "evaluate"}) as log_metrics:
     log_metrics({k.replace("/", "_"): v for k, v in flatten(result).items()
                  if isinstance(v, (int, float))})

@@ -6,8 +6,10 @@ import polars as pl
 from spinepipe.dataset import read_coordinates
 from spinepipe.localize.pipeline import train_fold
 from spinepipe.logs import setup_logging
+from spinepipe.tracking import workflow_context
 
 setup_logging(snakemake.log[0])
+workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets, {"train": "training"})
 train_fold(snakemake.wildcards.kind, snakemake.wildcards.task, int(snakemake.wildcards.fold),
            coordinates=read_coordinates(Path(snakemake.input.coordinates)),
            stack_index=pl.read_parquet(snakemake.input.stacks),

@@ -7,7 +7,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -77,7 +77,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                tracking: dict[str, Any], parent_run_id: str | None, out_model: Path,
                out_predictions: Path, checkpoint: Path, threads: int,
                predicted_index: pl.DataFrame | None = None,
-               localization_error: dict[str, Any] | None = None) -> dict[str, Any]:
+               localization_error: dict[str, Any] | None = None,
+               model_logger: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Train ``family``'s model on every fold but ``fold`` and predict ``fold``'s samples.
 
     ``predicted_index``: the crops of the train studies at their out-of-fold predicted
@@ -121,7 +122,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
               "resolved_slice_jitter": jitter["slice_jitter"],
               "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
-    with mlflow_run(tracking, f"{family}-fold{fold}", params, parent_run_id=parent_run_id,
+    with mlflow_run(tracking, f"train/seed{seed}/{family}/fold{fold}", params, parent_run_id=parent_run_id,
                     tags={"stage": "train", "family": family, "fold": str(fold),
                           "seed": str(seed)}) as log_metrics:
         model, history = fit(model, train_set, val_set, cfg, device=device, seed=fold_seed,
@@ -158,6 +159,9 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                 plot_confusions(matrices, folder / "confusion_matrices.png")
             for path in folder.iterdir():
                 log_artifact(path)
+        if model_logger is not None and log_metrics.run_id is not None:
+            # the fold model as an MLflow model of this run (best effort, as every write)
+            log_metrics.attempt("model", model_logger, log_metrics.run_id)
     # the epoch checkpoint only serves a killed job; a finished one never resumes from it
     # (a rerun after a code change must train afresh)
     checkpoint.unlink(missing_ok=True)

@@ -48,7 +48,7 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
              len(train), len(val))
     params = {"kind": kind, "task": task, "fold": fold, "n_train": len(train), "n_val": len(val),
               **{f"model.{k}": v for k, v in model_cfg.items()}}
-    with mlflow_run(tracking, f"localize-{kind}-{task}-fold{fold}", params,
+    with mlflow_run(tracking, f"localize/{kind}/{task}/fold{fold}", params,
                     tags={"stage": "localize", "kind": kind, "task": task, "fold": str(fold)}) as log_metrics:
         if kind == "point":
             model, metrics = train_point_model(train, val, POINTS_PER_TASK[task], model_cfg, log_metrics)
