@@ -33,9 +33,10 @@ import contextlib
 import io
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+
+from system_packages import apt_install
 
 PACKAGES = ["chromium", "chromium-driver"]
 CHROMIUM = "chromium"
@@ -78,10 +79,6 @@ def _which(name: str) -> str | None:
     return shutil.which(name, path=path)
 
 
-def _run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
 def ensure_chromium() -> tuple[Path, Path]:
     """Return (chromium, chromedriver), installing Debian's packages with apt-get if missing.
 
@@ -91,26 +88,9 @@ def ensure_chromium() -> tuple[Path, Path]:
     if all(found):
         return Path(found[0]), Path(found[1])
     missing = [name for name, path in zip((CHROMIUM, CHROMEDRIVER), found) if path is None]
-    if os.geteuid() != 0:
-        raise ChromiumUnavailable(f"{', '.join(missing)} not installed and installing "
-                                  f"{' '.join(PACKAGES)} needs root")
-    apt = _which("apt-get")
-    if apt is None:
-        raise ChromiumUnavailable(f"{', '.join(missing)} not installed and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", *PACKAGES]
-    try:
-        result = _run(install, timeout=600, env=env)
-        if result.returncode != 0:
-            _run([apt, "update"], timeout=600, env=env)
-            result = _run(install, timeout=600, env=env)
-    except subprocess.TimeoutExpired as error:
-        raise ChromiumUnavailable(f"apt-get timed out installing {' '.join(PACKAGES)}: "
-                                  f"{error}") from error
-    if result.returncode != 0:
-        raise ChromiumUnavailable(f"apt-get install {' '.join(PACKAGES)} failed "
-                                  f"(rc {result.returncode}): "
-                                  f"{(result.stdout + result.stderr)[-1500:]}")
+    why = apt_install(PACKAGES)
+    if why is not None:
+        raise ChromiumUnavailable(f"{', '.join(missing)} not installed and {why}")
     found = _which(CHROMIUM), _which(CHROMEDRIVER)
     still = [name for name, path in zip((CHROMIUM, CHROMEDRIVER), found) if path is None]
     if still:

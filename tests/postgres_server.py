@@ -27,13 +27,14 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from system_packages import apt_install, stop_pid
 
 PACKAGES = ["postgresql"]
 USER = "postgres"  # the system account the Debian package creates
@@ -62,23 +63,9 @@ def ensure_installed() -> Path:
     bin_dir = _bin_dir()
     if bin_dir is not None:
         return bin_dir
-    if os.geteuid() != 0:
-        raise PostgresUnavailable("PostgreSQL is not installed and installing it needs root")
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise PostgresUnavailable("PostgreSQL is not installed and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", *PACKAGES]
-    try:
-        result = _run(install, timeout=600, env=env)
-        if result.returncode != 0:  # a stale package index: refresh it once
-            _run([apt, "update"], timeout=600, env=env)
-            result = _run(install, timeout=600, env=env)
-    except subprocess.TimeoutExpired as error:
-        raise PostgresUnavailable(f"apt-get timed out: {error}") from error
-    if result.returncode != 0:
-        raise PostgresUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: "
-                                  f"{(result.stdout + result.stderr)[-1500:]}")
+    why = apt_install(PACKAGES)
+    if why is not None:
+        raise PostgresUnavailable(f"PostgreSQL is not installed and {why}")
     bin_dir = _bin_dir()
     if bin_dir is None:
         raise PostgresUnavailable("postgresql installed, but no initdb/pg_ctl under "
@@ -146,24 +133,12 @@ class PostgresServer:
                                   "-t", "30", "stop"), timeout=40)
             except subprocess.TimeoutExpired:
                 pass
-            _stop_pid(self.pid)
+            stop_pid(self.pid)
             self.pid = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _stop_pid(pid: int, timeout: float = 15) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+
 
 
 def start_postgres(parent: Path | str | None = None, database: str = "mlflow",

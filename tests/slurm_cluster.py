@@ -30,12 +30,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from system_packages import apt_install, stop_pid
 
 PACKAGES = ["munge", "slurmctld", "slurmd", "slurm-client"]
 BINARIES = ["munged", "munge", "unmunge", "slurmctld", "slurmd", "sinfo", "squeue", "sbatch",
@@ -65,23 +66,9 @@ def ensure_installed() -> None:
     """Install munge and Slurm with apt-get unless their binaries are already there."""
     if all(_which(b) for b in BINARIES):
         return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("Slurm is not installed and installing it needs root")
-    apt = _which("apt-get")
-    if apt is None:
-        raise SlurmUnavailable("Slurm is not installed and there is no apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", *PACKAGES]
-    try:
-        result = _run(install, timeout=600, env=env)
-        if result.returncode != 0:
-            _run([apt, "update"], timeout=600, env=env)
-            result = _run(install, timeout=600, env=env)
-    except subprocess.TimeoutExpired as error:
-        raise SlurmUnavailable(f"apt-get timed out: {error}") from error
-    if result.returncode != 0:
-        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: "
-                               f"{(result.stdout + result.stderr)[-1500:]}")
+    why = apt_install(PACKAGES)
+    if why is not None:
+        raise SlurmUnavailable(f"Slurm is not installed and {why}")
     missing = [b for b in BINARIES if not _which(b)]
     if missing:
         raise SlurmUnavailable(f"installed, but {', '.join(missing)} not found")
@@ -103,24 +90,6 @@ def _pid_from(pid_file: Path, timeout: float) -> int | None:
         except (OSError, ValueError, IndexError):
             time.sleep(0.1)
     return None
-
-
-def _stop_pid(pid: int, timeout: float = 15) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _munge_works() -> bool:
@@ -229,7 +198,7 @@ class SlurmCluster:
         for name in ("slurmd", "slurmctld", "munged"):
             pid = self.pids.pop(name, None)
             if pid is not None:
-                _stop_pid(pid)
+                stop_pid(pid)
         # slurmd leaves its link to the fetched configuration behind.
         if CONFIGLESS_LINK.is_symlink() and str(self.directory) in os.readlink(CONFIGLESS_LINK):
             CONFIGLESS_LINK.unlink()

@@ -15,48 +15,14 @@ from spinepipe.qa.galleries import (CASE_SCHEMA, GALLERIES, cases_table, confide
                                     localization_error_cases, parse_row_id, plan_tile,
                                     render_gallery)
 from spinepipe.qa.sheet import CROP_ROWS, CropView, SeriesStack, StudyInputs
+from test_qa_sheet import AX, CANAL_Y, LEVEL_Z, N, RECESS_X, STUDY, T1, T2, _images, axial, sagittal
 
-STUDY = 4242
-T2, T1, AX = 11, 12, 13
-N, SIZE = 16, 64                      # slices, pixels of the synthetic DICOM matrix
-LEVEL_Z = {lv: 20.0 - 10.0 * k for k, lv in enumerate(LEVELS)}  # superior to inferior
-CANAL_Y = 5.0                          # the canal, a little posterior of the origin
-RECESS_X = 12.0                        # recesses at +/- this (LPS: + is the patient's left)
 CANAL, L_FORAMEN, L_RECESS = (CONDITION_NAMES[c] for c in (
     "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "left_subarticular_stenosis"))
 
 
 # --------------------------------------------------------------------------- synthetic study
-# (small builders in the manner of tests/test_qa_sheet.py)
-
-
-def _geometry(ipps, row_dir, col_dir, instances=None) -> StackGeometry:
-    n = len(ipps)
-    instances = list(range(1, n + 1)) if instances is None else instances
-    iop = [list(row_dir) + list(col_dir)] * n
-    return StackGeometry.from_arrays(instances, ipps, iop, [[1.0, 1.0]] * n, [SIZE] * n, [SIZE] * n)
-
-
-def sagittal(step_mm: float) -> StackGeometry:
-    """Rows anterior -> posterior, columns superior -> inferior; slice 0 the most left."""
-    xs = [(k - (N - 1) / 2) * step_mm for k in range(N)]
-    return _geometry([[x, -32.0, 32.0] for x in xs], (0, 1, 0), (0, 0, -1),
-                     instances=list(range(N, 0, -1)))
-
-
-def axial(feet_first: bool) -> StackGeometry:
-    """Head-first: columns run to the patient's left (row_dir +x); feet-first: the mirror."""
-    zs = [(k - (N - 1) / 2) * 3.0 for k in range(N)]
-    if feet_first:
-        return _geometry([[32.0, -32.0, z] for z in zs], (-1, 0, 0), (0, 1, 0))
-    return _geometry([[-32.0, -32.0, z] for z in zs], (1, 0, 0), (0, 1, 0))
-
-
-def _images(n: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = 0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y)
-    return np.clip(base + 0.1 * rng.standard_normal((n, size, size)), 0, 1).astype(np.float16)
+# (the geometry and image builders of tests/test_qa_sheet.py)
 
 
 def _point(geometry: StackGeometry, series_id: int, condition: str, level: str, patient,

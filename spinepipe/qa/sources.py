@@ -78,9 +78,7 @@ def _read(path: Path | None) -> pl.DataFrame | None:
     path = Path(path)
     if path.suffix == ".parquet":
         return pl.read_parquet(path)
-    # every column a string but the ids: reasons and probabilities carry free text and floats
-    frame = pl.read_csv(path, infer_schema_length=10000)
-    return frame
+    return pl.read_csv(path, infer_schema_length=10000)
 
 
 def shard_studies(studies: list[int], shard: int, shards: int) -> list[int]:
