@@ -1,4 +1,8 @@
-"""Names fixed by the competition's data format (RSNA 2024 Lumbar Spine Degenerative Classification)."""
+"""Names fixed by the competition's data format (RSNA 2024 Lumbar Spine Degenerative Classification).
+
+Where each spelling is used: docs/contracts.md, section 1 "Input dataset" (names and
+spellings); the level order in patient space: section 4 "Geometry conventions".
+"""
 
 from __future__ import annotations
 

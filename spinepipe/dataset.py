@@ -1,4 +1,5 @@
-"""Reading and checking a competition-layout dataset (the input contract: README, "The synthetic dataset" lists the files and columns).
+"""Reading and checking a competition-layout dataset (the input contract: docs/contracts.md,
+section 1 "Input dataset", lists the files, columns and rules).
 
 The readers below are the one place the competition CSVs are parsed and checked; every stage
 reads them through these, so every stage sees the same checked, deduplicated tables.

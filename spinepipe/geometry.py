@@ -1,7 +1,10 @@
 """Pixel <-> patient geometry of DICOM slices (LPS, mm), vectorised with numpy.
 
 Convention (DICOM PS3.3 C.7.6.2, patient coordinates LPS in mm): pixel (col=x, row=y) of a slice maps to
-``IPP + x * PixelSpacing[1] * IOP[0:3] + y * PixelSpacing[0] * IOP[3:6]``.
+``IPP + x * PixelSpacing[1] * IOP[0:3] + y * PixelSpacing[0] * IOP[3:6]``. The conventions
+every stage shares (axes, pixel centres, slice order, patient vs image left and right, level
+order, how axial slices are matched to levels): docs/contracts.md, section 4 "Geometry
+conventions".
 """
 
 from __future__ import annotations

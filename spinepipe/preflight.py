@@ -57,7 +57,7 @@ def check_backbones(config: Mapping[str, Any]) -> list[str]:
     """Every ``backbone`` names a timm model that builds as its stage builds it."""
     import torch
 
-    from spinepipe.localize.models import create_backbone
+    from spinepipe.backbones import create_backbone
     from spinepipe.torch_compat import import_timm
 
     timm = import_timm()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -34,6 +34,9 @@ from spinepipe.classify.evaluate import breakdown, evaluate_oof, fit_temperature
 from spinepipe.classify.inference import assemble_submission, ensemble, predict_family
 from spinepipe.constants import SUBMISSION_COLUMNS
 from spinepipe.metric import labels_to_long, prior_predictions, score
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ def held_out_studies(folds: pl.DataFrame, fold: int) -> list[int]:
 
 
 def predict_held_out(model_path: Path, index: pl.DataFrame, folds: pl.DataFrame, fold: int,
-                     tta: bool, batch_size: int, device: str = "cpu") -> pl.DataFrame:
+                     tta: bool, batch_size: int, device: torch.device | str = "cpu") -> pl.DataFrame:
     """Logits of the fold-``fold`` model (``predict_family``'s format) for exactly the studies
     that fold held out, from ``index`` (the ``train_predicted`` crops); checked with
     ``check_no_leak`` against the folds and the training studies the model file records."""

@@ -39,7 +39,7 @@ def flip_spinal(images: torch.Tensor, n_views: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_family(model_path: Path, index: pl.DataFrame, tta: bool, batch_size: int,
-                   device: str = "cpu") -> pl.DataFrame:
+                   device: torch.device | str = "cpu") -> pl.DataFrame:
     """Logits of one fold model for every sample of its family in ``index``."""
     model, meta = load_model(model_path, device)
     family, crops = meta["family"], meta["crops"]

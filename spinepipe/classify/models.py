@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spinepipe.backbones import create_backbone
 from spinepipe.constants import LEVELS, SEVERITIES
-from spinepipe.localize.models import create_backbone
 
 HEADS = ("gru", "lstm", "meanmax")
 

@@ -22,8 +22,9 @@ from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
 from spinepipe.constants import SUBMISSION_COLUMNS
-from spinepipe.localize.training import seed_everything
+from spinepipe.devices import resolve_device
 from spinepipe.metric import labels_to_long
+from spinepipe.seeding import seed_everything
 from spinepipe.tracking import log_artifact, mlflow_run
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     ``localization_error``: ``oof_error.json``, which sets the jitter when it is ``auto``.
     """
     torch.set_num_threads(max(threads, 1))
-    device = torch.device(cfg["device"] if cfg["device"] == "cpu" or torch.cuda.is_available() else "cpu")
-    if device.type != cfg["device"]:
-        log.warning("train.device is %s but no GPU is visible: training on CPU", cfg["device"])
+    device = resolve_device(cfg["device"], "train.device")
     targets = label_targets(labels_to_long(labels))
     samples = family_samples(family, index, targets)
     held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())

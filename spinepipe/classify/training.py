@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from spinepipe import checkpoints
 from spinepipe.classify.data import CropDataset
 from spinepipe.classify.models import SeverityModel
-from spinepipe.localize.training import seed_everything
+from spinepipe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,16 @@
 """Localization models: a heatmap point model and a slice model over a whole stack.
 
-Both wrap a timm backbone named in the config (trained from scratch by default, or from a
-local weights file); nothing is downloaded.
+Both wrap a timm backbone named in the config (``spinepipe.backbones``: trained from scratch
+by default, or from a local weights file); nothing is downloaded.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spinepipe.torch_compat import import_timm
-
-
-def create_backbone(name: str, weights: str | None = None, **kwargs) -> nn.Module:
-    """A timm model with random weights, or weights from a local file (never a hub)."""
-    timm = import_timm()
-    model = timm.create_model(name, pretrained=False, in_chans=1, **kwargs)
-    if weights:
-        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if len(missing) > len(state) // 2:
-            raise ValueError(f"{weights}: does not match backbone {name} "
-                             f"({len(missing)} missing keys)")
-    return model
+from spinepipe.backbones import create_backbone
 
 
 def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

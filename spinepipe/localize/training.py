@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from spinepipe import checkpoints
+from spinepipe.devices import resolve_device
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import PointSample, SliceSample
+from spinepipe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _augmenter(cfg: dict[str, Any]) -> A.Compose:
@@ -78,14 +73,6 @@ def _schedule(optimizer, epochs: int, steps_per_epoch: int, warmup: int = 1):
         optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1))))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cuda`` when asked for and visible, else the CPU (with a warning)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        log.warning("localize.device is cuda but no GPU is visible: training on CPU")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int,
                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
     model.eval()
@@ -110,7 +97,7 @@ def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: i
 def train_point_model(train: list[PointSample], val: list[PointSample], n_points: int,
                       cfg: dict[str, Any], logger=None) -> tuple[PointModel, dict[str, float]]:
     seed_everything(cfg["seed"])
-    device = resolve_device(cfg.get("device", "cpu"))
+    device = resolve_device(cfg.get("device", "cpu"), "localize.device")
     model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     batch_size = cfg["batch_size"]
@@ -170,7 +157,7 @@ def evaluate_slices(model: SliceModel, samples: list[SliceSample],
 def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_targets: int,
                       cfg: dict[str, Any], logger=None) -> tuple[SliceModel, dict[str, float]]:
     seed_everything(cfg["seed"])
-    device = resolve_device(cfg.get("device", "cpu"))
+    device = resolve_device(cfg.get("device", "cpu"), "localize.device")
     model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = _schedule(optimizer, cfg["epochs"], len(train))
