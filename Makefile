@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: run test venv dryrun report readme-sheet clean
+.PHONY: run test lint venv dryrun report readme-sheet clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,12 @@ readme-sheet: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the workflow's and the package's source checks (also run by .ci/run)
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf results logs .snakemake

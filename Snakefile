@@ -5,19 +5,19 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-import yaml
-
-from spinepipe.config import ConfigError, check_semantics, deep_update
+from spinepipe.config import ConfigError, check_semantics
 from spinepipe.preflight import preflight
 
 min_version("9.0")
 
-# config.yaml beside this file holds every default; --configfile overlays (configs/*.yaml)
-# and --config values are merged on top, so an overlay names only what it changes.
-_defaults = yaml.safe_load((Path(workflow.basedir) / "config.yaml").read_text())
-_merged = deep_update(_defaults, config)
-config.clear()
-config.update(_merged)
+
+# config.yaml beside this file holds every default; Snakemake deep-merges --configfile
+# overlays (configs/*.yaml) and --config values on top, so an overlay names only what it
+# changes. (An absolute path: a relative one is read from the working directory, and
+# Snakemake silently skips a missing one when --configfile is given.)
+configfile: Path(workflow.basedir) / "config.yaml"
+
+
 validate(config, "spinepipe/schemas/config.schema.yaml")
 try:
     check_semantics(config, Path(workflow.basedir))
@@ -30,10 +30,16 @@ except ConfigError as error:
     raise WorkflowError(str(error))
 
 
+wildcard_constraints:
+    seed=r"\d+",
+
+
 include: "rules/common.smk"
 include: "rules/synthesize.smk"
 include: "rules/dataset.smk"
 include: "rules/metadata.smk"
+include: "rules/tracking.smk"
+include: "rules/folds.smk"
 include: "rules/localize.smk"
 include: "rules/crops.smk"
 include: "rules/train.smk"
@@ -42,6 +48,6 @@ include: "rules/qa.smk"
 
 
 rule all:
+    default_target: True
     input:
         default_targets(),
-    default_target: True

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shard(args: tuple) -> Path:
-    synthetic, seed, split, indices, out, shard_dir = args
-    generate_shard(synthetic, seed, split, indices, out, shard_dir)
+    synthetic, seed, split, indices, shard_dir = args
+    generate_shard(synthetic, seed, split, indices, shard_dir)
     return shard_dir
 
 
@@ -38,9 +38,9 @@ def ensure_dataset(out: Path, studies: int, workers: int) -> None:
     config = deep_update(load_config(REPO / "config.yaml"),
                          {"synthetic": {"n_train": studies, "n_test": 1, "studies_per_shard": 10}})
     syn = config["synthetic"]
-    jobs = [(syn, config["seed"], "train", r, out, out / "shards" / f"train_{i:04d}")
+    jobs = [(syn, config["seed"], "train", r, out / "shards" / f"train_{i:04d}")
             for i, r in enumerate(shard_ranges(studies, syn["studies_per_shard"]))]
-    jobs.append((syn, config["seed"], "test", range(1), out, out / "shards" / "test_0000"))
+    jobs.append((syn, config["seed"], "test", range(1), out / "shards" / "test_0000"))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         done = list(pool.map(_shard, jobs))
     merge_shards(done[:-1], done[-1:], out)

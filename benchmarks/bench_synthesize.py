@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shard(args: tuple) -> Path:
-    synthetic, seed, indices, out, shard_dir = args
-    generate_shard(synthetic, seed, "train", indices, out, shard_dir)
+    synthetic, seed, indices, shard_dir = args
+    generate_shard(synthetic, seed, "train", indices, shard_dir)
     return shard_dir
 
 
@@ -34,7 +34,7 @@ def run(studies: int, workers: int, out: Path) -> float:
                          {"synthetic": {"n_train": studies,
                                         "studies_per_shard": max(1, studies // max(workers, 1))}})
     syn = config["synthetic"]
-    jobs = [(syn, config["seed"], r, out, out / "shards" / f"train_{i:04d}")
+    jobs = [(syn, config["seed"], r, out / "shards" / f"train_{i:04d}")
             for i, r in enumerate(shard_ranges(studies, syn["studies_per_shard"]))]
     start = time.perf_counter()
     # spawn, not fork: forked children inherit the parent's thread-pool locks and can hang

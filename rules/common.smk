@@ -1,4 +1,7 @@
-# Shared helpers: where the dataset lives, how synthetic studies are sharded.
+# Shared helpers of the rule files (the functions live here, so the rule files hold rules only);
+# where the dataset lives, how synthetic studies are sharded, code inputs, seeds, the file
+# lists a rule gathers.
+from spinepipe.code_inputs import import_closure
 from spinepipe.synth.generate import shard_ranges
 
 SYNTHETIC = not config["data_dir"]
@@ -32,25 +35,29 @@ def shard_settings(wildcards):
 
 
 PACKAGE_DIR = Path(workflow.basedir) / "spinepipe"
+SCRIPTS_DIR = Path(workflow.basedir) / "workflow_scripts"
 
 
-def code(*modules):
-    """Package modules a rule runs, as inputs: editing one reruns the rule and what follows
-    (Snakemake tracks a rule's script, not the library code it imports)."""
-    return [str(PACKAGE_DIR / f"{module}.py") for module in modules]
+def script_code(script):
+    """The package modules workflow_scripts/<script>.py executes (its import closure in
+    spinepipe), as inputs: editing one reruns the rule and what follows (Snakemake tracks a
+    rule's script, not the library code it imports). Derived, so it cannot drift from the code."""
+    return [str(path) for path in import_closure(SCRIPTS_DIR / f"{script}.py", PACKAGE_DIR)]
 
 
 def inherited_input(rule, **overrides):
     """The named inputs of ``rule`` (a ``rules.<name>`` proxy) with ``overrides`` replacing
-    some of them. ``use rule ... with: input:`` replaces a rule's whole input (Snakemake 9
-    merges only ``params`` by keyword), so a copy that changes one input names the others
-    through this and keeps following the original rule's edits."""
+    some of them. An input section in a ``use rule ... with`` block replaces the whole input
+    (Snakemake 9 merges only ``params`` by keyword), so a copy that changes one input names
+    the others through this and keeps following the original rule's edits."""
     inputs = dict(rule.input.items())
     named = sum(len(v) if isinstance(v, list) else 1 for v in inputs.values())
     unknown = sorted(set(overrides) - set(inputs))
     if named != len(rule.input) or unknown:
-        raise WorkflowError(f"inherited_input({rule.rule.name}): every input must be named "
-                            f"and every override an existing name (unknown: {unknown})")
+        raise WorkflowError(
+            f"inherited_input({rule.rule.name}): every input must be named "
+            f"and every override an existing name (unknown: {unknown})"
+        )
     return {**inputs, **overrides}
 
 
@@ -62,11 +69,10 @@ SEEDS = [int(s) for s in config["train"]["seeds"]]
 if len(set(SEEDS)) != len(SEEDS):
     raise WorkflowError(f"train.seeds: {config['train']['seeds']} repeats a seed")
 if config["seed"] in SEEDS:
-    raise WorkflowError(f"train.seeds: {config['seed']} is the master seed (top-level 'seed'), "
-                        "whose run is results/train and results/eval; list only further seeds")
-
-wildcard_constraints:
-    seed=r"\d+",
+    raise WorkflowError(
+        f"train.seeds: {config['seed']} is the master seed (top-level 'seed'), "
+        "whose run is results/train and results/eval; list only further seeds"
+    )
 
 
 def seed_path(path):
@@ -84,15 +90,93 @@ def dataset_file(name):
 
 
 def default_targets():
-    targets = ["results/dataset/summary.json", "results/metadata/axial_xref.parquet",
-               "results/localize/coordinates.parquet", "results/crops/train/summary.json",
-               "results/crops/test/summary.json", "results/crops/train_predicted/summary.json",
-               "results/submission.csv",
-               "results/eval/cv.json", "results/qa/studies", "results/qa/galleries",
-               "results/qa/mlflow.json", "results/tracking/registered_model.json"]
+    targets = [
+        "results/dataset/summary.json",
+        "results/metadata/axial_xref.parquet",
+        "results/localize/coordinates.parquet",
+        "results/crops/train/summary.json",
+        "results/crops/test/summary.json",
+        "results/crops/train_predicted/summary.json",
+        "results/submission.csv",
+        "results/eval/cv.json",
+        "results/qa/studies",
+        "results/qa/galleries",
+        "results/qa/mlflow.json",
+        "results/tracking/registered_model.json",
+    ]
     if SYNTHETIC:
-        targets += ["results/synthetic/learnability.json", "results/eval/geometry.json",
-                    "results/eval/localization.json"]
+        targets += [
+            "results/synthetic/learnability.json",
+            "results/eval/geometry.json",
+            "results/eval/localization.json",
+        ]
     if SEEDS:
         targets.append("results/eval/seeds.json")
     return targets
+
+
+# Localization: one slice and one point model per series type and fold.
+LOCALIZE_TASKS = ["sagittal_t2", "sagittal_t1", "axial_t2"]
+LOCALIZE_KINDS = ["point", "slice"]
+
+
+def localizer_checkpoints():
+    return expand(
+        "results/localize/models/{kind}_{task}_fold{fold}.pt",
+        kind=LOCALIZE_KINDS,
+        task=LOCALIZE_TASKS,
+        fold=range(config["folds"]["n"]),
+    )
+
+
+def crop_shards(split):
+    return expand(
+        "results/crops/{split}/shard{shard}.parquet",
+        split=split,
+        shard=range(config["crops"]["shards"]),
+    )
+
+
+def model_families():
+    families = list(config["train"]["families"])
+    return families + (["all"] if config["train"]["all_series_model"] else [])
+
+
+def oof_predictions():
+    return expand(
+        "results/train/oof/{family}_fold{fold}.parquet",
+        family=model_families(),
+        fold=range(config["folds"]["n"]),
+    )
+
+
+def end_to_end_oof_predictions():
+    return expand(
+        "results/predict_oof/{family}_fold{fold}.parquet",
+        family=config["train"]["families"],
+        fold=range(config["folds"]["n"]),
+    )
+
+
+def family_models():
+    return expand(
+        "results/train/models/{family}_fold{fold}.pt",
+        family=model_families(),
+        fold=range(config["folds"]["n"]),
+    )
+
+
+def test_predictions():
+    return expand(
+        "results/predict/{family}_fold{fold}.parquet",
+        family=config["train"]["families"],
+        fold=range(config["folds"]["n"]),
+    )
+
+
+def qa_sheet_shards():
+    return expand(
+        "results/qa/sheets/{split}/shard{shard}",
+        split=("train", "test"),
+        shard=range(config["qa"]["shards"]),
+    )

@@ -7,15 +7,12 @@
 CROP_SPLITS = {
     "train": {"coordinates": "results/localize/coordinates.parquet", "studies": "train"},
     "test": {"coordinates": "results/localize/coordinates.parquet", "studies": "test"},
-    "train_predicted": {"coordinates": "results/localize/coordinates_train_predicted.parquet",
-                        "studies": "train"},
+    "train_predicted": {
+        "coordinates": "results/localize/coordinates_train_predicted.parquet",
+        "studies": "train",
+    },
 }
 CROP_SPLIT_PATTERN = "|".join(sorted(CROP_SPLITS, key=len, reverse=True))
-
-
-def crop_shards(split):
-    return expand("results/crops/{split}/shard{shard}.parquet", split=split,
-                  shard=range(config["crops"]["shards"]))
 
 
 rule crops_shard:
@@ -23,26 +20,26 @@ rule crops_shard:
         coordinates=lambda wc: CROP_SPLITS[wc.split]["coordinates"],
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("crops/views", "crops/extract", "crops/build", "geometry", "pixels"),
+        code=script_code("crops_shard"),
     output:
         array="results/crops/{split}/shard{shard}.npy",
         index="results/crops/{split}/shard{shard}.parquet",
-    params:
-        cfg=config["crops"],
-        studies=lambda wc: CROP_SPLITS[wc.split]["studies"],
-    wildcard_constraints:
-        split=CROP_SPLIT_PATTERN,
-        shard=r"\d+",
     log:
         "logs/crops/{split}_shard{shard}.log",
     benchmark:
         "results/benchmarks/crops/{split}_shard{shard}.tsv"
+    wildcard_constraints:
+        split=CROP_SPLIT_PATTERN,
+        shard=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=config["crops"],
+        studies=lambda wc: CROP_SPLITS[wc.split]["studies"],
     script:
         "../workflow_scripts/crops_shard.py"
 
@@ -50,21 +47,21 @@ rule crops_shard:
 rule crops_index:
     input:
         shards=lambda wc: crop_shards(wc.split),
-        code=code("crops/build"),
+        code=script_code("crops_index"),
     output:
         index="results/crops/{split}/index.parquet",
         summary="results/crops/{split}/summary.json",
-    wildcard_constraints:
-        split=CROP_SPLIT_PATTERN,
     log:
         "logs/crops/{split}_index.log",
     benchmark:
         "results/benchmarks/crops/{split}_index.tsv"
+    wildcard_constraints:
+        split=CROP_SPLIT_PATTERN,
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/crops_index.py"

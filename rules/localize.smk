@@ -1,82 +1,30 @@
-# Folds and level localization (slice and point models per fold, OOF and test predictions).
-
-LOCALIZE_TASKS = ["sagittal_t2", "sagittal_t1", "axial_t2"]
-LOCALIZE_KINDS = ["point", "slice"]
-
-
-def localizer_checkpoints():
-    return expand(
-        "results/localize/models/{kind}_{task}_fold{fold}.pt",
-        kind=LOCALIZE_KINDS,
-        task=LOCALIZE_TASKS,
-        fold=range(config["folds"]["n"]),
-    )
-
-
-rule tracking_init:
-    output:
-        "results/tracking/experiment.txt",
-    params:
-        tracking=config["mlflow"],
-    log:
-        "logs/tracking_init.log",
-    benchmark:
-        "results/benchmarks/tracking_init.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
-    script:
-        "../workflow_scripts/tracking_init.py"
-
-
-rule folds:
-    input:
-        labels=dataset_file("train.csv"),
-        code=code("folds"),
-    output:
-        "results/folds.parquet",
-    params:
-        n=config["folds"]["n"],
-        seed=config["seed"],
-    log:
-        "logs/folds.log",
-    benchmark:
-        "results/benchmarks/folds.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
-    script:
-        "../workflow_scripts/folds.py"
+# Level localization: slice and point models per series type and fold, their out-of-fold and
+# test predictions, the coordinates the crops are cut at, and their evaluation.
 
 
 rule localizer_stacks:
     input:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("localize/stacks", "pixels"),
+        code=script_code("localizer_stacks"),
     output:
         index="results/localize/stacks/{split}/index.parquet",
-    params:
-        size=config["localize"]["image_size"],
-        out_dir=lambda w: f"results/localize/stacks/{w.split}",
-    wildcard_constraints:
-        split="train|test",
+        # one <series_id>.npz per decoded series (the index's path column)
+        stacks=directory("results/localize/stacks/{split}/series"),
     log:
         "logs/localize/stacks_{split}.log",
     benchmark:
         "results/benchmarks/localize/stacks_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        size=config["localize"]["image_size"],
     script:
         "../workflow_scripts/localizer_stacks.py"
 
@@ -91,28 +39,27 @@ rule train_localizer:
         coordinates=dataset_file("train_label_coordinates.csv"),
         tracking="results/tracking/experiment.txt",
         datasets="results/tracking/datasets.json",
-        code=code("localize/models", "localize/samples", "localize/training", "localize/pipeline",
-                  "checkpoints", "geometry", "xref"),
+        code=script_code("train_localizer"),
     output:
         model="results/localize/models/{kind}_{task}_fold{fold}.pt",
-    params:
-        cfg=lambda w: config["localize"] | {"seed": config["seed"]},
-        tracking=config["mlflow"],
-    wildcard_constraints:
-        kind="point|slice",
-        task="|".join(LOCALIZE_TASKS),
-        fold=r"\d+",
     log:
         "logs/localize/train_{kind}_{task}_fold{fold}.log",
     benchmark:
         "results/benchmarks/localize/train_{kind}_{task}_fold{fold}.tsv"
+    wildcard_constraints:
+        kind="point|slice",
+        task="|".join(LOCALIZE_TASKS),
+        fold=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
     threads: config["localize"]["threads"]
     resources:
         mem_mb=6000,
         runtime=120,
         gpu=1 if config["localize"]["device"] == "cuda" else 0,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=lambda w: config["localize"] | {"seed": config["seed"]},
+        tracking=config["mlflow"],
     script:
         "../workflow_scripts/train_localizer.py"
 
@@ -124,25 +71,24 @@ rule localize:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         folds="results/folds.parquet",
-        code=code("localize/inference", "localize/decode", "localize/models", "localize/pipeline", "xref",
-                  "checkpoints", "pixels"),
+        code=script_code("localize"),
     output:
         predictions="results/localize/predictions_{split}.parquet",
         reasons="results/localize/unlocalized_{split}.csv",
-    params:
-        cfg=config["localize"] | {"foramen_offset_mm": config["geometry"]["foramen_offset_mm"]},
-    wildcard_constraints:
-        split="train|test",
     log:
         "logs/localize/localize_{split}.log",
     benchmark:
         "results/benchmarks/localize/localize_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/pipeline.yaml"
     threads: config["localize"]["threads"]
     resources:
         mem_mb=6000,
         runtime=60,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=config["localize"] | {"foramen_offset_mm": config["geometry"]["foramen_offset_mm"]},
     script:
         "../workflow_scripts/localize.py"
 
@@ -154,7 +100,7 @@ rule coordinates:
         test="results/localize/predictions_test.parquet",
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
-        code=code("localize/coordinates", "xref"),
+        code=script_code("coordinates"),
     output:
         coordinates="results/localize/coordinates.parquet",
         # the train studies at their out-of-fold predicted points only (crops split
@@ -162,22 +108,28 @@ rule coordinates:
         train_predicted="results/localize/coordinates_train_predicted.parquet",
         # quantiles of the out-of-fold localization error per family (the training jitter)
         oof_error="results/localize/oof_error.json",
-        noise=report("results/localize/label_noise.csv", caption="../report/label_noise.rst",
-                     category="Localization"),
-        plot=report("results/localize/label_noise.png", caption="../report/label_noise.rst",
-                    category="Localization"),
-    params:
-        noise=config["localize"]["label_noise"],
+        noise=report(
+            "results/localize/label_noise.csv",
+            caption="../report/label_noise.rst",
+            category="Localization",
+        ),
+        plot=report(
+            "results/localize/label_noise.png",
+            caption="../report/label_noise.rst",
+            category="Localization",
+        ),
     log:
         "logs/localize/coordinates.log",
     benchmark:
         "results/benchmarks/localize/coordinates.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        noise=config["localize"]["label_noise"],
     script:
         "../workflow_scripts/coordinates.py"
 
@@ -191,21 +143,24 @@ rule localize_eval:
         centers=str(SYNTHETIC_DIR / "level_centers.csv"),
         tracking="results/tracking/experiment.txt",
         datasets="results/tracking/datasets.json",
-        code=code("localize/evaluate", "localize/samples"),
+        code=script_code("localize_eval"),
     output:
-        report("results/eval/localization.json", caption="../report/localization.rst",
-               category="Evaluation"),
-    params:
-        tracking=config["mlflow"],
+        report(
+            "results/eval/localization.json",
+            caption="../report/localization.rst",
+            category="Evaluation",
+        ),
     log:
         "logs/eval/localization.log",
     benchmark:
         "results/benchmarks/eval/localization.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        tracking=config["mlflow"],
     script:
         "../workflow_scripts/localize_eval.py"

@@ -4,26 +4,26 @@
 rule instances_shard:
     input:
         series=lambda w: dataset_file(f"{w.split}_series_descriptions.csv"),
-        code=code("metadata"),
+        code=script_code("instances_shard"),
     output:
         "results/metadata/{split}/instances_{shard}.parquet",
-    params:
-        data_dir=str(DATA_DIR),
-        shards=config["metadata"]["shards"],
-        cache_dir=lambda w: f"results/metadata/cache/{w.split}",
-    wildcard_constraints:
-        split="train|test",
-        shard=r"\d+",
     log:
         "logs/metadata/instances_{split}_{shard}.log",
     benchmark:
         "results/benchmarks/metadata/instances_{split}_{shard}.tsv"
+    wildcard_constraints:
+        split="train|test",
+        shard=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        data_dir=lambda w, input: str(Path(input.series).parent),
+        shards=config["metadata"]["shards"],
+        cache_dir=lambda w: f"results/metadata/cache/{w.split}",
     script:
         "../workflow_scripts/instances_shard.py"
 
@@ -37,7 +37,7 @@ rule metadata:
         ),
         train_series=dataset_file("train_series_descriptions.csv"),
         test_series=dataset_file("test_series_descriptions.csv"),
-        code=code("metadata", "geometry"),
+        code=script_code("metadata"),
     output:
         instances="results/metadata/instances.parquet",
         series=report(
@@ -49,12 +49,12 @@ rule metadata:
         "logs/metadata/metadata.log",
     benchmark:
         "results/benchmarks/metadata/metadata.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/metadata.py"
 
@@ -64,22 +64,22 @@ rule axial_xref:
         instances="results/metadata/instances.parquet",
         series="results/metadata/series.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
-        code=code("xref", "geometry", "pixels"),
+        code=script_code("axial_xref"),
     output:
         points="results/metadata/level_points.parquet",
         xref="results/metadata/axial_xref.parquet",
-    params:
-        symmetry_refine=config["geometry"]["axial_symmetry_refine"],
     log:
         "logs/metadata/axial_xref.log",
     benchmark:
         "results/benchmarks/metadata/axial_xref.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        symmetry_refine=config["geometry"]["axial_symmetry_refine"],
     script:
         "../workflow_scripts/axial_xref.py"
 
@@ -91,20 +91,22 @@ rule geometry_eval:
         xref="results/metadata/axial_xref.parquet",
         centers=str(SYNTHETIC_DIR / "level_centers.csv"),
         quirks=str(SYNTHETIC_DIR / "quirks.csv"),
-        code=code("geometry_eval", "xref"),
+        code=script_code("geometry_eval"),
     output:
-        report("results/eval/geometry.json", caption="../report/geometry.rst", category="Evaluation"),
-    params:
-        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
+        report(
+            "results/eval/geometry.json", caption="../report/geometry.rst", category="Evaluation"
+        ),
     log:
         "logs/eval/geometry.log",
     benchmark:
         "results/benchmarks/eval/geometry.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
     script:
         "../workflow_scripts/geometry_eval.py"

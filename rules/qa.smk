@@ -5,20 +5,17 @@
 # What each split's sheets read: train studies as the end-to-end CV sees them (out-of-fold
 # points, crops and probabilities), test studies as the submission used them.
 QA_SOURCES = {
-    "train": {"crops": "results/crops/train_predicted/index.parquet",
-              "probabilities": "results/eval/oof_end_to_end.csv",
-              "labels": [dataset_file("train.csv")]},
-    "test": {"crops": "results/crops/test/index.parquet",
-             "probabilities": "results/submission.csv",
-             "labels": [str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else []},
+    "train": {
+        "crops": "results/crops/train_predicted/index.parquet",
+        "probabilities": "results/eval/oof_end_to_end.csv",
+        "labels": [dataset_file("train.csv")],
+    },
+    "test": {
+        "crops": "results/crops/test/index.parquet",
+        "probabilities": "results/submission.csv",
+        "labels": [str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else [],
+    },
 }
-QA_CODE = code("qa/sheet", "qa/inputs", "qa/sources", "geometry", "localize/stacks", "xref", "metric",
-               "dataset")
-
-
-def qa_sheet_shards():
-    return expand("results/qa/sheets/{split}/shard{shard}", split=("train", "test"),
-                  shard=range(config["qa"]["shards"]))
 
 
 rule qa_cases:
@@ -28,23 +25,23 @@ rule qa_cases:
         labels=dataset_file("train.csv"),
         degraded="results/eval/degraded_rows.csv",
         series="results/metadata/series.parquet",
-        code=code("qa/galleries", "qa/sources", "metric", "dataset"),
+        code=script_code("qa_cases"),
     output:
         cases="results/qa/cases.csv",
         train_studies="results/qa/train_studies.txt",
-    params:
-        cfg=config["qa"],
-        seed=config["seed"],
     log:
         "logs/qa/cases.log",
     benchmark:
         "results/benchmarks/qa/cases.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=config["qa"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/qa_cases.py"
 
@@ -61,46 +58,52 @@ rule qa_sheets:
         probabilities=lambda wc: QA_SOURCES[wc.split]["probabilities"],
         labels=lambda wc: QA_SOURCES[wc.split]["labels"],
         only=lambda wc: ["results/qa/train_studies.txt"] if wc.split == "train" else [],
-        code=QA_CODE,
+        code=script_code("qa_sheets"),
     output:
         directory("results/qa/sheets/{split}/shard{shard}"),
+    log:
+        "logs/qa/sheets_{split}_shard{shard}.log",
+    benchmark:
+        "results/benchmarks/qa/sheets_{split}_shard{shard}.tsv"
+    wildcard_constraints:
+        split="train|test",
+        shard=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
     params:
         crops=config["crops"],
         shards=config["qa"]["shards"],
         dpi=config["qa"]["dpi"],
         foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
-    wildcard_constraints:
-        split="train|test",
-        shard=r"\d+",
-    log:
-        "logs/qa/sheets_{split}_shard{shard}.log",
-    benchmark:
-        "results/benchmarks/qa/sheets_{split}_shard{shard}.tsv"
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/qa_sheets.py"
 
 
 rule qa_studies:
     input:
+        code=script_code("qa_studies"),
         shards=qa_sheet_shards(),
     output:
-        report(directory("results/qa/studies"), patterns=["{study_id}.png"],
-               caption="../report/qa_study.rst", category="QA", subcategory="Study sheets",
-               labels={"study": "{study_id}"}),
+        report(
+            directory("results/qa/studies"),
+            patterns=["{study_id}.png"],
+            caption="../report/qa_study.rst",
+            category="QA",
+            subcategory="Study sheets",
+            labels={"study": "{study_id}"},
+        ),
     log:
         "logs/qa/studies.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/qa_studies.py"
 
@@ -123,25 +126,30 @@ rule qa_galleries:
         test_probabilities=QA_SOURCES["test"]["probabilities"],
         train_labels=QA_SOURCES["train"]["labels"],
         test_labels=QA_SOURCES["test"]["labels"],
-        code=QA_CODE + code("qa/galleries"),
+        code=script_code("qa_galleries"),
     output:
-        report(directory("results/qa/galleries"), patterns=["{gallery}.png"],
-               caption="../report/qa_gallery.rst", category="QA", subcategory="Galleries",
-               labels={"gallery": "{gallery}"}),
-    params:
-        crops=config["crops"],
-        dpi=config["qa"]["dpi"],
-        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
+        report(
+            directory("results/qa/galleries"),
+            patterns=["{gallery}.png"],
+            caption="../report/qa_gallery.rst",
+            category="QA",
+            subcategory="Galleries",
+            labels={"gallery": "{gallery}"},
+        ),
     log:
         "logs/qa/galleries.log",
     benchmark:
         "results/benchmarks/qa/galleries.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=3000,
         runtime=30,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        crops=config["crops"],
+        dpi=config["qa"]["dpi"],
+        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
     script:
         "../workflow_scripts/qa_galleries.py"
 
@@ -152,18 +160,18 @@ rule qa_mlflow:
         galleries="results/qa/galleries",
         parent="results/train/parent_run.json",
         cv="results/eval/cv.json",  # the parent run is finished by cv_report first
-        code=code("tracking"),
+        code=script_code("qa_mlflow"),
     output:
         "results/qa/mlflow.json",
-    params:
-        tracking=config["mlflow"],
     log:
         "logs/qa/mlflow.log",
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        tracking=config["mlflow"],
     script:
         "../workflow_scripts/qa_mlflow.py"

@@ -1,36 +1,30 @@
 # Test inference: every fold model over the test crops, the ensemble, the submission.
 
 
-def test_predictions():
-    return expand("results/predict/{family}_fold{fold}.parquet", family=config["train"]["families"],
-                  fold=range(config["folds"]["n"]))
-
-
 rule predict_test:
     input:
         model="results/train/models/{family}_fold{fold}.pt",
         index="results/crops/test/index.parquet",
-        code=code("classify/inference", "classify/data", "classify/models", "classify/pipeline",
-                  "checkpoints"),
+        code=script_code("predict_test"),
     output:
         "results/predict/{family}_fold{fold}.parquet",
-    params:
-        cfg=config["inference"],
-        device=config["train"]["device"],
-    wildcard_constraints:
-        family="spinal|foraminal|subarticular|all",
-        fold=r"\d+",
     log:
         "logs/predict/{family}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict/{family}_fold{fold}.tsv"
+    wildcard_constraints:
+        family="spinal|foraminal|subarticular|all",
+        fold=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=TRAIN_GPU,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=config["inference"],
+        device=config["train"]["device"],
     script:
         "../workflow_scripts/predict_test.py"
 
@@ -44,23 +38,26 @@ rule submission:
         index="results/crops/test/index.parquet",
         unlocalized="results/localize/unlocalized_test.csv",
         series="results/metadata/series.parquet",
-        code=code("classify/inference", "metric"),
+        code=script_code("submission"),
     output:
         submission="results/submission.csv",
-        degraded=report("results/eval/degraded_rows.csv", caption="../report/degraded.rst",
-                        category="Submission"),
-    params:
-        cfg=config["inference"],
+        degraded=report(
+            "results/eval/degraded_rows.csv",
+            caption="../report/degraded.rst",
+            category="Submission",
+        ),
     log:
         "logs/submission.log",
     benchmark:
         "results/benchmarks/submission.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=config["inference"],
     script:
         "../workflow_scripts/submission.py"
 
@@ -72,58 +69,32 @@ rule cv_report:
         labels=dataset_file("train.csv"),
         test_labels=[str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else [],
         parent="results/train/parent_run.json",
-        code=code("metric"),
+        code=script_code("cv_report"),
     output:
         report("results/eval/cv.json", caption="../report/cv.rst", category="Evaluation"),
-    params:
-        tracking=config["mlflow"],
     log:
         "logs/eval/cv_report.log",
     benchmark:
         "results/benchmarks/eval/cv_report.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/pipeline.yaml"
-    script:
-        "../workflow_scripts/cv_report.py"
-
-
-rule register_model:
-    input:
-        models=family_models(),
-        temperatures="results/train/temperatures.json",
-        labels=dataset_file("train.csv"),
-        index="results/crops/test/index.parquet",
-        cv="results/eval/cv.json",
-        parent="results/train/parent_run.json",
-        code=code("classify/mlflow_model", "classify/inference", "classify/data", "classify/models",
-                  "classify/pipeline", "checkpoints", "tracking"),
-    output:
-        "results/tracking/registered_model.json",
     params:
         tracking=config["mlflow"],
-        inference=config["inference"],
-        name=config["registry"]["name"],
-    log:
-        "logs/register_model.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=15,
-    conda:
-        "../envs/pipeline.yaml"
     script:
-        "../workflow_scripts/register_model.py"
+        "../workflow_scripts/cv_report.py"
 
 
 # Further training seeds (train.seeds): test predictions, submission and cv.json of each seed's
 # models under results/seeds/{seed}/ (see train.smk), then their spread over the seeds.
 use rule predict_test as predict_test_seed with:
     input:
-        **inherited_input(rules.predict_test, model=seed_path("results/train/models/{family}_fold{fold}.pt")),
+        **inherited_input(
+            rules.predict_test, model=seed_path("results/train/models/{family}_fold{fold}.pt")
+        ),
     output:
         seed_path("results/predict/{family}_fold{fold}.parquet"),
     log:
@@ -134,9 +105,11 @@ use rule predict_test as predict_test_seed with:
 
 use rule submission as submission_seed with:
     input:
-        **inherited_input(rules.submission,
-                          predictions=[seed_path(p) for p in test_predictions()],
-                          temperatures=seed_path("results/train/temperatures.json")),
+        **inherited_input(
+            rules.submission,
+            predictions=[seed_path(p) for p in test_predictions()],
+            temperatures=seed_path("results/train/temperatures.json"),
+        ),
     output:
         submission=seed_path("results/submission.csv"),
         degraded=seed_path("results/eval/degraded_rows.csv"),
@@ -148,9 +121,12 @@ use rule submission as submission_seed with:
 
 use rule cv_report as cv_report_seed with:
     input:
-        **inherited_input(rules.cv_report, oof=seed_path("results/eval/cv_oof.json"),
-                          submission=seed_path("results/submission.csv"),
-                          parent=seed_path("results/train/parent_run.json")),
+        **inherited_input(
+            rules.cv_report,
+            oof=seed_path("results/eval/cv_oof.json"),
+            submission=seed_path("results/submission.csv"),
+            parent=seed_path("results/train/parent_run.json"),
+        ),
     output:
         seed_path("results/eval/cv.json"),
     log:
@@ -163,21 +139,21 @@ rule seeds_summary:
     input:
         main="results/eval/cv.json",
         seeds=expand("results/seeds/{seed}/eval/cv.json", seed=SEEDS),
-        code=code("classify/seeds"),
+        code=script_code("seeds_summary"),
     output:
         "results/eval/seeds.json",
-    params:
-        master_seed=config["seed"],
-        seeds=SEEDS,
     log:
         "logs/eval/seeds_summary.log",
     benchmark:
         "results/benchmarks/eval/seeds_summary.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        master_seed=config["seed"],
+        seeds=SEEDS,
     script:
         "../workflow_scripts/seeds_summary.py"

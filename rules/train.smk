@@ -11,48 +11,29 @@ TRAIN_CONFIG = {k: v for k, v in config["train"].items() if k != "seeds"}
 TRAIN_PARAMS = {k: v for k, v in TRAIN_CONFIG.items() if k not in ("families", "all_series_model")}
 
 
-def model_families():
-    families = list(config["train"]["families"])
-    return families + (["all"] if config["train"]["all_series_model"] else [])
-
-
-def oof_predictions():
-    return expand("results/train/oof/{family}_fold{fold}.parquet", family=model_families(),
-                  fold=range(config["folds"]["n"]))
-
-
-def end_to_end_oof_predictions():
-    return expand("results/predict_oof/{family}_fold{fold}.parquet",
-                  family=config["train"]["families"], fold=range(config["folds"]["n"]))
-
-
-def family_models():
-    return expand("results/train/models/{family}_fold{fold}.pt", family=model_families(),
-                  fold=range(config["folds"]["n"]))
-
-
 rule train_parent_run:
     input:
+        code=script_code("train_parent_run"),
         tracking="results/tracking/experiment.txt",
         datasets="results/tracking/datasets.json",
     output:
         "results/train/parent_run.json",
+    log:
+        "logs/train/parent_run.log",
+    benchmark:
+        "results/benchmarks/train/parent_run.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
     params:
         tracking=config["mlflow"],
         train=TRAIN_PARAMS,
         crops=config["crops"],
         folds=config["folds"],
         seed=config["seed"],
-    log:
-        "logs/train/parent_run.log",
-    benchmark:
-        "results/benchmarks/train/parent_run.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/train_parent_run.py"
 
@@ -69,11 +50,24 @@ rule train_model:
         folds="results/folds.parquet",
         parent="results/train/parent_run.json",
         datasets="results/tracking/datasets.json",
-        code=code("classify/data", "classify/jitter", "classify/models", "classify/training",
-                  "classify/pipeline", "crops/views", "checkpoints"),
+        code=script_code("train_model"),
     output:
         model="results/train/models/{family}_fold{fold}.pt",
         predictions="results/train/oof/{family}_fold{fold}.parquet",
+    log:
+        "logs/train/{family}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{family}_fold{fold}.tsv"
+    wildcard_constraints:
+        family="spinal|foraminal|subarticular|all",
+        fold=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=TRAIN_GPU,
     params:
         cfg=TRAIN_PARAMS,
         crops=config["crops"],
@@ -81,20 +75,6 @@ rule train_model:
         tracking=config["mlflow"],
         # survives a killed job (not an output): --rerun-incomplete resumes from it
         checkpoint=lambda wc: f"results/train/checkpoints/{wc.family}_fold{wc.fold}.last.pt",
-    wildcard_constraints:
-        family="spinal|foraminal|subarticular|all",
-        fold=r"\d+",
-    log:
-        "logs/train/{family}_fold{fold}.log",
-    benchmark:
-        "results/benchmarks/train/{family}_fold{fold}.tsv"
-    threads: config["train"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=TRAIN_GPU,
-    conda:
-        "../envs/pipeline.yaml"
     script:
         "../workflow_scripts/train_model.py"
 
@@ -104,27 +84,26 @@ rule predict_oof:
         model="results/train/models/{family}_fold{fold}.pt",
         index="results/crops/train_predicted/index.parquet",
         folds="results/folds.parquet",
-        code=code("classify/end_to_end", "classify/inference", "classify/data", "classify/models",
-                  "classify/pipeline", "checkpoints"),
+        code=script_code("predict_oof"),
     output:
         "results/predict_oof/{family}_fold{fold}.parquet",
-    params:
-        cfg={k: config["inference"][k] for k in ("tta", "batch_size")},
-        device=config["train"]["device"],
-    wildcard_constraints:
-        family="spinal|foraminal|subarticular",
-        fold=r"\d+",
     log:
         "logs/predict_oof/{family}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict_oof/{family}_fold{fold}.tsv"
+    wildcard_constraints:
+        family="spinal|foraminal|subarticular",
+        fold=r"\d+",
+    conda:
+        "../envs/pipeline.yaml"
     threads: config["train"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=TRAIN_GPU,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg={k: config["inference"][k] for k in ("tta", "batch_size")},
+        device=config["train"]["device"],
     script:
         "../workflow_scripts/predict_oof.py"
 
@@ -139,31 +118,37 @@ rule cv_eval:
         unlocalized="results/localize/unlocalized_train.csv",
         series="results/metadata/series.parquet",
         parent="results/train/parent_run.json",
-        code=code("classify/end_to_end", "classify/evaluate", "classify/inference", "classify/plots",
-                  "metric"),
+        code=script_code("cv_eval"),
     output:
         cv="results/eval/cv_oof.json",
         temperatures="results/train/temperatures.json",
         predictions="results/eval/oof_end_to_end.csv",
-        degraded=report("results/eval/degraded_rows_oof.csv", caption="../report/degraded_oof.rst",
-                        category="Evaluation"),
-        confusion=report("results/eval/confusion_matrices.png", caption="../report/cv.rst",
-                         category="Evaluation"),
-        calibration=report("results/eval/calibration.png", caption="../report/cv.rst",
-                           category="Evaluation"),
-    params:
-        cfg=TRAIN_CONFIG,
-        tracking=config["mlflow"],
+        degraded=report(
+            "results/eval/degraded_rows_oof.csv",
+            caption="../report/degraded_oof.rst",
+            category="Evaluation",
+        ),
+        confusion=report(
+            "results/eval/confusion_matrices.png",
+            caption="../report/cv.rst",
+            category="Evaluation",
+        ),
+        calibration=report(
+            "results/eval/calibration.png", caption="../report/cv.rst", category="Evaluation"
+        ),
     log:
         "logs/eval/cv.log",
     benchmark:
         "results/benchmarks/eval/cv.tsv"
+    conda:
+        "../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        "../envs/pipeline.yaml"
+    params:
+        cfg=TRAIN_CONFIG,
+        tracking=config["mlflow"],
     script:
         "../workflow_scripts/cv_eval.py"
 
@@ -177,12 +162,12 @@ rule cv_eval:
 use rule train_parent_run as train_parent_run_seed with:
     output:
         seed_path("results/train/parent_run.json"),
-    params:
-        seed=lambda wildcards: int(wildcards.seed),
     log:
         seed_path("logs/train/parent_run.log"),
     benchmark:
         seed_path("results/benchmarks/train/parent_run.tsv")
+    params:
+        seed=lambda wildcards: int(wildcards.seed),
 
 
 use rule train_model as train_model_seed with:
@@ -191,18 +176,20 @@ use rule train_model as train_model_seed with:
     output:
         model=seed_path("results/train/models/{family}_fold{fold}.pt"),
         predictions=seed_path("results/train/oof/{family}_fold{fold}.parquet"),
-    params:
-        seed=lambda wildcards: int(wildcards.seed),
-        checkpoint=lambda wc: f"results/seeds/{wc.seed}/train/checkpoints/{wc.family}_fold{wc.fold}.last.pt",
     log:
         seed_path("logs/train/{family}_fold{fold}.log"),
     benchmark:
         seed_path("results/benchmarks/train/{family}_fold{fold}.tsv")
+    params:
+        seed=lambda wildcards: int(wildcards.seed),
+        checkpoint=lambda wc: f"results/seeds/{wc.seed}/train/checkpoints/{wc.family}_fold{wc.fold}.last.pt",
 
 
 use rule predict_oof as predict_oof_seed with:
     input:
-        **inherited_input(rules.predict_oof, model=seed_path("results/train/models/{family}_fold{fold}.pt")),
+        **inherited_input(
+            rules.predict_oof, model=seed_path("results/train/models/{family}_fold{fold}.pt")
+        ),
     output:
         seed_path("results/predict_oof/{family}_fold{fold}.parquet"),
     log:
@@ -213,10 +200,12 @@ use rule predict_oof as predict_oof_seed with:
 
 use rule cv_eval as cv_eval_seed with:
     input:
-        **inherited_input(rules.cv_eval,
-                          annotated=[seed_path(p) for p in oof_predictions()],
-                          end_to_end=[seed_path(p) for p in end_to_end_oof_predictions()],
-                          parent=seed_path("results/train/parent_run.json")),
+        **inherited_input(
+            rules.cv_eval,
+            annotated=[seed_path(p) for p in oof_predictions()],
+            end_to_end=[seed_path(p) for p in end_to_end_oof_predictions()],
+            parent=seed_path("results/train/parent_run.json"),
+        ),
     output:
         cv=seed_path("results/eval/cv_oof.json"),
         temperatures=seed_path("results/train/temperatures.json"),

@@ -33,6 +33,7 @@ import polars as pl
 import pydicom
 from tqdm import tqdm
 
+from spinepipe.code_inputs import import_closure
 from spinepipe.constants import AXIAL_T2, SERIES_DESCRIPTIONS
 from spinepipe.geometry import slice_normal
 
@@ -239,15 +240,13 @@ def assign_instance_keys(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _code_fingerprint() -> str:
-    """Hash of the code a cache entry depends on: this module, the modules it imports and
-    the pydicom version, so a code change invalidates the cache without a hand-bumped
-    version."""
-    import spinepipe.constants
-    import spinepipe.geometry
-
+    """Hash of the code a cache entry depends on: this module and every package module it
+    can execute (its import closure, derived as the workflow's code inputs are) plus the
+    pydicom version, so a code change invalidates the cache without a hand-kept list."""
     digest = hashlib.sha256(pydicom.__version__.encode())
-    for module_file in (__file__, spinepipe.constants.__file__, spinepipe.geometry.__file__):
-        digest.update(Path(module_file).read_bytes())
+    here = Path(__file__).resolve()
+    for module_file in [here, *import_closure(here, here.parent)]:
+        digest.update(module_file.read_bytes())
     return digest.hexdigest()
 
 

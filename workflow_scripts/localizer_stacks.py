@@ -12,5 +12,5 @@ series = pl.read_parquet(snakemake.input.series).filter(pl.col("split") == split
 instances = pl.read_parquet(snakemake.input.instances).filter(pl.col("split") == split)
 size = snakemake.params.size
 index = build_stacks(instances, series, {d: size for d in series["series_description"].unique()},
-                     Path(snakemake.params.out_dir))
+                     Path(snakemake.output.stacks))
 index.write_parquet(snakemake.output.index)

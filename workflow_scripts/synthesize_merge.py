@@ -1,4 +1,4 @@
-"""Rule synthesize: merge the shard pieces into the competition CSVs and ground truth."""
+"""Rule synthesize: merge the shards into the competition CSVs, image trees and ground truth."""
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
@@ -6,4 +6,4 @@ from spinepipe.synth.generate import merge_shards
 
 setup_logging(snakemake.log[0])
 merge_shards([Path(p) for p in snakemake.input.train], [Path(p) for p in snakemake.input.test],
-             Path(snakemake.params.dataset_dir))
+             Path(snakemake.output.train_images).parent)

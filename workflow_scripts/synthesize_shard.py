@@ -1,4 +1,4 @@
-"""Rule synthesize_shard: render and write one shard of synthetic studies."""
+"""Rule synthesize_shard: render one shard of synthetic studies (images and table pieces)."""
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
@@ -7,5 +7,4 @@ from spinepipe.synth.generate import generate_shard
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
 generate_shard(settings["synthetic"], settings["seed"], snakemake.wildcards.split,
-               range(settings["start"], settings["stop"]), Path(snakemake.params.dataset_dir),
-               Path(snakemake.output[0]))
+               range(settings["start"], settings["stop"]), Path(snakemake.output[0]))

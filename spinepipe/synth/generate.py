@@ -8,6 +8,7 @@ leaves the existing ones untouched.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from spinepipe.synth.series import SeriesPlan, plan_study_series
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": 1, "test": 2}
+# where a shard keeps its studies' images (merge_shards links them into <split>_images)
+SHARD_IMAGES = "images"
 # disjoint id ranges keep train and test ids apart without looking at each other
 ID_RANGES = {"train": (1_000_000, 2_200_000_000), "test": (2_200_000_000, 4_290_000_000)}
 SERIES_FOR_FAMILY = {"spinal": SAGITTAL_T2, "foraminal": SAGITTAL_T1, "subarticular": AXIAL_T2}
@@ -198,14 +201,15 @@ def generate_study(syn: dict[str, Any], seed: int, split: str, index: int, study
 
 
 def generate_shard(synthetic: dict[str, Any], seed: int, split: str, indices: range,
-                   dataset_dir: Path, shard_dir: Path) -> None:
-    """Write the images of the studies ``indices`` of a split and their table pieces.
+                   shard_dir: Path) -> None:
+    """Write the images (``shard_dir/images/<study>/<series>/<n>.dcm``) of the studies
+    ``indices`` of a split and their table pieces, all inside ``shard_dir``.
 
     Only the studies' own settings matter here (not the total study count), so growing the
     dataset leaves existing shards as they are.
     """
     ids = study_ids(seed, split, indices.stop)
-    image_root = dataset_dir / f"{split}_images"
+    image_root = shard_dir / SHARD_IMAGES
     merged = StudyTables()
     for index in tqdm(indices, desc=f"{split} studies {indices.start}-{indices.stop - 1}",
                       unit="study", disable=None):
@@ -228,7 +232,7 @@ def generate_dataset(config: dict[str, Any], dataset_dir: Path) -> None:
         shards[split] = []
         for i, indices in enumerate(shard_ranges(syn[f"n_{split}"], syn["studies_per_shard"])):
             shard_dir = dataset_dir / "shards" / f"{split}_{i:04d}"
-            generate_shard(syn, config["seed"], split, indices, dataset_dir, shard_dir)
+            generate_shard(syn, config["seed"], split, indices, shard_dir)
             shards[split].append(shard_dir)
     merge_shards(shards["train"], shards["test"], dataset_dir)
 
@@ -238,9 +242,28 @@ def _concat(shard_dirs: list[Path], name: str, schema: dict) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
+def link_images(shard_dirs: list[Path], image_root: Path) -> None:
+    """The competition's ``<split>_images/<study>/...`` tree from the shards' images: hard
+    links (no second copy, and an unchanged study keeps its files' identity and mtimes),
+    copies where the file system refuses links."""
+    image_root.mkdir(parents=True, exist_ok=True)
+    for shard_dir in shard_dirs:
+        for source in sorted((shard_dir / SHARD_IMAGES).rglob("*.dcm")):
+            target = image_root / source.relative_to(shard_dir / SHARD_IMAGES)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+
 def merge_shards(train_shards: list[Path], test_shards: list[Path], dataset_dir: Path) -> None:
-    """Write the competition CSVs and the ground-truth files from the shard pieces."""
+    """Write the competition CSVs, the ground-truth files and the image trees
+    (``train_images``, ``test_images``) from the shards."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
+    for split, shard_dirs in (("train", train_shards), ("test", test_shards)):
+        link_images(shard_dirs, dataset_dir / f"{split}_images")
     condition_order = {CONDITION_NAMES[c]: i for i, c in enumerate(CONDITIONS)}
     level_order = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
 
