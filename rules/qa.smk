@@ -1,6 +1,6 @@
 # Visual QA: one sheet per study (test studies always, a seeded sample of train studies and
 # every train study a gallery shows), galleries of what needs a look, all in the report and
-# as artifacts of the MLflow parent run.
+# as artifacts of the MLflow run `qa`.
 
 # What each split's sheets read: train studies as the end-to-end CV sees them (out-of-fold
 # points, crops and probabilities), test studies as the submission used them.
@@ -158,8 +158,6 @@ rule qa_mlflow:
     input:
         studies="results/qa/studies",
         galleries="results/qa/galleries",
-        parent="results/train/parent_run.json",
-        cv="results/eval/cv.json",  # the parent run is finished by cv_report first
         code=script_code("qa_mlflow"),
     output:
         "results/qa/mlflow.json",

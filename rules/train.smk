@@ -118,6 +118,7 @@ rule cv_eval:
         unlocalized="results/localize/unlocalized_train.csv",
         series="results/metadata/series.parquet",
         parent="results/train/parent_run.json",
+        datasets="results/tracking/datasets.json",
         code=script_code("cv_eval"),
     output:
         cv="results/eval/cv_oof.json",
@@ -157,8 +158,8 @@ rule cv_eval:
 # per seed, under results/seeds/{seed}/. Data, folds, localization and crops stay shared; the
 # seed changes the classifiers' initial weights, sample order, augmentation, jitter draws and
 # which draws read the predicted-point crop.
-# Each seed has its own MLflow parent run (its params carry the seed), so its evaluation
-# never writes to the master seed's run.
+# Each seed has its own MLflow run train/seed{S}; its evaluation runs nest under it, never
+# under the master seed's.
 use rule train_parent_run as train_parent_run_seed with:
     output:
         seed_path("results/train/parent_run.json"),

@@ -1,23 +1,35 @@
 """MLflow tracking: runs, flattened config params, per-epoch metrics.
 
+**One job, one run.** Every run is created and terminated by the same job: FINISHED when
+its block ends, FAILED when the block raises or the job is sent SIGTERM (a Slurm time limit,
+a cancelled workflow), before the job exits. No job writes metrics, params, tags or
+artifacts into a run another job created; runs of later jobs only point at an earlier run
+as their parent (the tag ``mlflow.parentRunId``, set on themselves). A parent is therefore
+a finished container before its children exist: the configuration's root run ``pipeline``
+(:func:`root_run_id`) is created already terminated, a training seed's run
+(:func:`create_parent_run`) right after its params are written.
+
 Every call that writes to the tracking store goes through :func:`call_with_retry`, which
 retries what a busy store answers (a SQLite database locked by a parallel job, a connection
 refused or timed out, a 5xx from a server) with exponential backoff:
-``mlflow.retry_attempts`` tries spread over about ``mlflow.retry_seconds``.
+``mlflow.retry_attempts`` tries spread over about ``mlflow.retry_seconds``. Retries never
+duplicate: a metric's timestamp is taken once, so a repeated write is the same entry; a run
+is created with a key (tag ``spinepipe.run_key``), so a retry after a creation that reached
+the store but whose answer was lost finds that run instead of creating a second one (which
+nobody would ever close); parallel creators of a root agree on one.
 
 What happens when the store still fails:
 
 * must succeed (raise :class:`TrackingError` naming the URI): :func:`init_tracking` (the
   ``tracking_init`` rule, before any training job; :func:`check_store` first makes sure an
   HTTP store answers within ``mlflow.request_timeout_s`` and a SQLite file can be written,
-  so a bad store fails in seconds) and :func:`start_parent_run` (a small job before
+  so a bad store fails in seconds) and :func:`create_parent_run` (a small job before
   training; the training runs hang under it);
 * best effort (a warning naming the URI, and the job goes on and writes its outputs; only
   the tracked figures are lost): everything inside :func:`mlflow_run` (creating the run,
-  params, per-epoch metrics, artifacts, closing it) and :func:`finish_run`. Training never
-  stops for the tracking store. Once a call has used up its retries, the next calls of the
-  same run try once each (a dead store costs each epoch one try, not the whole budget)
-  until one succeeds again.
+  params, per-epoch metrics, artifacts, closing it). Training never stops for the tracking
+  store. Once a call has used up its retries, the next calls of the same run try once each
+  (a dead store costs each epoch one try, not the whole budget) until one succeeds again.
 """
 
 from __future__ import annotations
@@ -25,14 +37,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sqlite3
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 log = logging.getLogger(__name__)
@@ -42,6 +57,7 @@ T = TypeVar("T")
 REPO_DIR = Path(__file__).resolve().parents[1]
 CONFIG_HASH_TAG = "spinepipe.config_hash"
 RULE_TAG = "snakemake.rule"
+RUN_KEY_TAG = "spinepipe.run_key"
 
 
 @dataclass
@@ -372,6 +388,32 @@ def _create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, str
     return run.info.run_id
 
 
+def _keyed_runs(uri: str, experiment_id: str, key: str) -> list[Any]:
+    return _client(uri).search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                    max_results=10)
+
+
+def _run_creator(uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None,
+                 parent_run_id: str | None) -> Callable[[], str]:
+    """A function for :func:`call_with_retry` that creates the run once: the run carries a
+    fresh key, and a retry first looks for a run with that key (a creation that reached the
+    store but whose answer was lost), so retries never leave a second, never-closed run."""
+    key = uuid.uuid4().hex
+    tries = 0
+
+    def create() -> str:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            found = _keyed_runs(uri, _experiment_id(uri, experiment), key)
+            if found:
+                return found[0].info.run_id
+        return _create_run(uri, experiment, run_name, {**dict(tags or {}), RUN_KEY_TAG: key},
+                           parent_run_id)
+
+    return create
+
+
 def _log_params(uri: str, run_id: str, batch: Mapping[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -386,6 +428,12 @@ def _log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int 
 
     _client(uri).log_batch(run_id, metrics=[Metric(k, v, timestamp, step or 0)
                                             for k, v in metrics.items()])
+
+
+def _set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def _log_artifact(uri: str, run_id: str, path: str) -> None:
@@ -403,8 +451,8 @@ def _set_terminated(uri: str, run_id: str, status: str) -> None:
 
 
 class RunLogger:
-    """Best-effort writes to one run: retried, then a warning naming the URI; never raises.
-    Called as ``logger(metrics, step)`` it logs metrics."""
+    """Best-effort writes to the run this job created: retried, then a warning naming the
+    URI; never raises. Called as ``logger(metrics, step)`` it logs metrics."""
 
     def __init__(self, tracking: Mapping[str, Any], run_id: str | None = None) -> None:
         self.uri = tracking["tracking_uri"]
@@ -437,6 +485,10 @@ class RunLogger:
             for batch in _param_batches(params):
                 self.attempt("params", _log_params, self.uri, self.run_id, batch)
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.run_id is not None and tags:
+            self.attempt("tags", _set_tags, self.uri, self.run_id, tags)
+
     def log_artifact(self, path: Path | str) -> None:
         if self.run_id is not None:
             self.attempt(f"artifact {Path(path).name}", _log_artifact, self.uri, self.run_id, str(path))
@@ -459,24 +511,58 @@ class RunLogger:
 _ACTIVE: list[RunLogger] = []  # runs opened by mlflow_run, innermost last
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread when the job is sent SIGTERM inside :func:`mlflow_run`, so
+    that the run is closed as FAILED before the job exits (the exit status stays 143)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (Slurm's time limit or scancel, a cancelled workflow) raises :class:`Terminated`
+    instead of ending the process at once; only where nobody else handles the signal."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked child (a DataLoader worker): die as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def mlflow_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
                tags: Mapping[str, str] | None = None,
                parent_run_id: str | None = None) -> Iterator[RunLogger]:
-    """Start a run (a child of ``parent_run_id`` when given), log params; yields a
-    :class:`RunLogger`, called as ``log_metrics(metrics, step)``. Inside the block,
-    :func:`log_artifact` attaches files. Best effort throughout: a store that keeps failing
-    costs warnings, never the job."""
+    """Create this job's run (a child of ``parent_run_id`` when given, else of the root run
+    of the :func:`workflow_context` configuration), log params; yields a :class:`RunLogger`,
+    called as ``log_metrics(metrics, step)``. Inside the block, :func:`log_artifact` attaches
+    files. The run is terminated when the block ends: FINISHED, or FAILED when it raises or
+    the job gets SIGTERM. Best effort throughout: a store that keeps failing costs warnings,
+    never the job."""
     logger = RunLogger(tracking)
-    logger.run_id = logger.attempt(f"run start ({run_name})", _create_run, logger.uri,
-                                   tracking["experiment"], run_name, tags, parent_run_id)
+    logger.run_id = logger.attempt(f"run start ({run_name})",
+                                   _run_creator(logger.uri, tracking["experiment"], run_name, tags,
+                                                parent_run_id))
     if logger.run_id is None:
         log.warning("run %s is not tracked at %s", run_name, logger.uri)
     logger.log_params(params)
     _ACTIVE.append(logger)
     status = "FAILED"
     try:
-        yield logger
+        with _sigterm_raises():
+            yield logger
         status = "FINISHED"
     finally:
         _ACTIVE.remove(logger)
@@ -489,20 +575,26 @@ def log_artifact(path: Path | str) -> None:
         _ACTIVE[-1].log_artifact(path)
 
 
-def start_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
-                     tags: Mapping[str, str] | None = None) -> str:
-    """Create the experiment's parent run (children attach to it from other processes) and
-    return its id; it is left open (RUNNING) until :func:`finish_run`. Must succeed: raises
-    TrackingError naming the URI."""
+def create_parent_run(tracking: Mapping[str, Any], run_name: str, params: Mapping[str, Any],
+                      tags: Mapping[str, str] | None = None) -> str:
+    """Create a parent run that runs of later jobs attach to (nested under the
+    :func:`workflow_context` configuration's root), log its params, terminate it (FINISHED)
+    at once and return its id: it is a container, and nobody writes to it afterwards. Must
+    succeed: raises TrackingError naming the URI (after marking a half-written run FAILED)."""
     uri = tracking["tracking_uri"]
     policy = RetryPolicy.from_config(tracking)
+    run_id = None
     try:
         _configure(tracking)
-        run_id = call_with_retry("parent run start", uri, policy, _create_run, uri,
-                                 tracking["experiment"], run_name, tags, None)
+        run_id = call_with_retry("parent run start", uri, policy,
+                                 _run_creator(uri, tracking["experiment"], run_name, tags, None))
         for batch in _param_batches(params):
             call_with_retry("parent run params", uri, policy, _log_params, uri, run_id, batch)
+        call_with_retry("parent run end", uri, policy, _set_terminated, uri, run_id, "FINISHED")
     except Exception as error:  # noqa: BLE001 - reported with the store's URI
+        if run_id is not None:
+            with contextlib.suppress(Exception):
+                _set_terminated(uri, run_id, "FAILED")
         raise TrackingError(f"tracking store {uri}: cannot create the parent run: "
                             f"{type(error).__name__}: {str(error).strip()[:500]}") from error
     return run_id
@@ -515,11 +607,19 @@ def _roots(uri: str, experiment_id: str, key: str) -> list[Any]:
     return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
 
 
+_PROCESS_KEY = uuid.uuid4().hex
+# how long a job that created a root waits before choosing among the roots it sees
+ROOT_SETTLE_SECONDS = 1.0
+
+
 def root_run_id(uri: str, experiment: str, key: str) -> str:
     """The root run of configuration ``key`` (tag ``spinepipe.config_hash``), created on
-    first use. Parallel jobs may all find none and create one each: after creating, a job
-    looks again and keeps the oldest root (start time, then id), deleting its own if it
-    lost, so every job of the configuration attaches to the same root without a lock."""
+    first use, already terminated (FINISHED, its end time its start time): a container that
+    nobody writes to. Parallel jobs may all find none and create one each: after creating, a
+    job looks again and keeps the oldest root (start time, then id), deleting its own if it
+    lost, so every job of the configuration attaches to the same root without a lock. A
+    retry of this (a store that failed half-way) finds its own root by its key (process and
+    thread) and closes or deletes it, so no root is left RUNNING or twice."""
     from mlflow.tracking.context import registry
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -527,41 +627,26 @@ def root_run_id(uri: str, experiment: str, key: str) -> str:
     if cached:
         return cached
     experiment_id = _experiment_id(uri, experiment)
+    client = _client(uri)
+    mine = f"root-{key}-{_PROCESS_KEY}-{threading.get_ident()}"
     found = _roots(uri, experiment_id, key)
+    created = None
     if not found:
-        client = _client(uri)
         tags = {**registry.resolve_tags({MLFLOW_RUN_NAME: "pipeline", CONFIG_HASH_TAG: key,
-                                         "stage": "pipeline"}), **source_tags()}
-        created = client.create_run(experiment_id, run_name="pipeline", tags=tags).info.run_id
-        client.set_terminated(created, "FINISHED")  # a container: children may still attach
-        found = _roots(uri, experiment_id, key)
-        if found and found[0].info.run_id != created:
-            client.delete_run(created)
-            log.info("root run %s of configuration %s created beside %s: deleted", created, key,
-                     found[0].info.run_id)
-        found = found or [client.get_run(created)]
+                                         "stage": "pipeline", RUN_KEY_TAG: mine}), **source_tags()}
+        created = client.create_run(experiment_id, run_name="pipeline", tags=tags)
+        # a parallel creator stamps its start time before its insert commits, so its root
+        # can sort first yet be invisible for a moment: look once the inserts have landed
+        time.sleep(ROOT_SETTLE_SECONDS)
+        found = _roots(uri, experiment_id, key) or [created]
+    own = [r for r in found if r.data.tags.get(RUN_KEY_TAG) == mine]
+    for run in own:  # a container: terminated at once, children may still attach
+        if run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=run.info.start_time)
+    for run in own:
+        if run.info.run_id != found[0].info.run_id:
+            client.delete_run(run.info.run_id)
+            log.info("root run %s of configuration %s created beside %s: deleted", run.info.run_id,
+                     key, found[0].info.run_id)
     _CONTEXT.root_run_ids[f"{uri} {key}"] = found[0].info.run_id
     return found[0].info.run_id
-
-
-def finish_run(tracking: Mapping[str, Any], run_id: str, metrics: Mapping[str, float],
-               artifacts: list[Path] = ()) -> None:
-    """Log final metrics and artifacts to a run and mark it finished (best effort: the
-    calling job has written its outputs already)."""
-    logger = RunLogger(tracking, run_id)
-    logger(metrics, None)
-    for path in artifacts:
-        logger.log_artifact(path)
-    logger.terminate("FINISHED")
-
-
-def log_artifact_dirs(tracking: Mapping[str, Any], run_id: str,
-                      folders: Mapping[str, Path]) -> dict[str, list[str]]:
-    """Log folders as artifacts of an existing run (artifact path -> folder), best effort;
-    returns, per artifact path, the file names logged (empty where tracking failed). The
-    run's status is left as it is."""
-    logger = RunLogger(tracking, run_id)
-    logged: dict[str, list[str]] = {}
-    for artifact_path, folder in folders.items():
-        logged[artifact_path] = logger.log_artifact_dir(folder, artifact_path)
-    return logged

@@ -47,9 +47,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import browser  # noqa: E402  (tests/ is on sys.path: pytest rootdir-inserts test dirs)
+import pytest
 
 pytestmark = pytest.mark.slow
 
@@ -63,11 +62,15 @@ EXPERIMENT_KIND = "custom_model_development"
 # The URL the README gives; {base} is http://host:port, {eid} the experiment id.
 RUNS_URL = "{base}/#/experiments/{eid}/runs?workflowType=machine_learning"
 
+# The pipeline's run tree (README "Experiment tracking"), a fold or two of each kind.
 ROOT = "pipeline"
 LOCALIZE = ["localize/point/sagittal_t1/fold0", "localize/point/sagittal_t2/fold0"]
-TRAIN = "train/seed2024"
-TRAIN_CHILDREN = ["train/seed2024/spinal/fold0", "train/seed2024/foraminal/fold0"]
 EVALUATE = "evaluate/localization"
+QA = "qa"
+TRAIN = "train/seed2024"
+TRAIN_CHILDREN = ["train/seed2024/spinal/fold0", "train/seed2024/foraminal/fold0",
+                  "evaluate/cv/seed2024", "evaluate/test/seed2024", "register/seed2024"]
+ROOT_CHILDREN = [*LOCALIZE, EVALUATE, QA, TRAIN]
 NEST_STEP_PX = 24  # the name cell's indent per nesting level (theme.spacing.lg)
 
 # Texts of the GenAI overview (``#/experiments/<id>/overview/usage``), never on the runs page.
@@ -109,6 +112,8 @@ def make_store(directory: Path) -> dict:
 
     def run(name: str, parent: str | None = None, tags: dict | None = None,
             metrics: dict | None = None) -> str:
+        """One job's run as the pipeline writes it: created, written and terminated at once
+        (a parent is a finished container before its children are created)."""
         tags = dict(tags or {})
         if parent is not None:
             tags["mlflow.parentRunId"] = runs[parent]
@@ -117,18 +122,21 @@ def make_store(directory: Path) -> dict:
             client.log_metric(run_id, "val_loss", value, step=step)
         for key, value in (metrics or {}).items():
             client.log_metric(run_id, key, value)
+        client.set_terminated(run_id)
         runs[name] = run_id
         return run_id
 
     run(ROOT, tags={"spinepipe.config_hash": "0123456789abcdef"}, metrics={})
     for name in LOCALIZE:
         run(name, ROOT)
+    run(EVALUATE, ROOT, metrics={"test.sagittal_t2.point_error_mm_median": 2.1})
     run(TRAIN, ROOT, metrics={})
-    for name in TRAIN_CHILDREN:
+    for name in TRAIN_CHILDREN[:2]:
         run(name, TRAIN)
-    run(EVALUATE, ROOT, metrics={"cv_score": 0.71, "cv_score_std": 0.03})
-    for name in [*LOCALIZE, *TRAIN_CHILDREN, TRAIN, EVALUATE, ROOT]:  # children finish first
-        client.set_terminated(runs[name])
+    run("evaluate/cv/seed2024", TRAIN, metrics={"cv_score": 0.71, "cv_score_annotated_points": 0.64})
+    run("evaluate/test/seed2024", TRAIN, metrics={"cv_score": 0.71, "test_score": 0.69})
+    run("register/seed2024", TRAIN, metrics={})
+    run(QA, ROOT, metrics={})
     return {"uri": uri, "experiment_id": eid, "runs": runs}
 
 
@@ -243,8 +251,11 @@ def describe(driver) -> str:
 
 
 def wait_for(driver, condition, message: str, timeout: float = STEP_TIMEOUT):
-    from selenium.common.exceptions import (StaleElementReferenceException, TimeoutException,
-                                            WebDriverException)
+    from selenium.common.exceptions import (
+        StaleElementReferenceException,
+        TimeoutException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
@@ -294,7 +305,7 @@ def test_runs_table_shows_the_nested_pipeline_runs(store, tmp_path):
         pytest.fail(f"headless Chromium unavailable: {error}")
     eid, ids = store["experiment_id"], store["runs"]
     marker = str(store["dir"])
-    all_names = [ROOT, *LOCALIZE, TRAIN, *TRAIN_CHILDREN, EVALUATE]
+    all_names = [ROOT, *ROOT_CHILDREN, *TRAIN_CHILDREN]
     shot = tmp_path / "runs_table.png"
 
     with mlflow_ui(store["uri"], tmp_path / "mlflow_ui.log", marker) as server:
@@ -323,23 +334,25 @@ def test_runs_table_shows_the_nested_pipeline_runs(store, tmp_path):
             assert top[0]["indent"] == NEST_STEP_PX, top
             assert top[0]["href"].endswith(f"/experiments/{eid}/runs/{ids[ROOT]}"), top
 
-            # expanding the root shows its four children one level in; only train has children
-            shown = expand(driver, ROOT, 5)
+            # expanding the root shows its children one level in; only train has children
+            shown = expand(driver, ROOT, 1 + len(ROOT_CHILDREN))
             assert shown[0]["name"] == ROOT, shown
             children = {r["name"]: r for r in shown[1:]}
-            assert set(children) == {*LOCALIZE, TRAIN, EVALUATE}, shown
+            assert set(children) == set(ROOT_CHILDREN), shown
             for name, row in children.items():
                 assert row["indent"] == 2 * NEST_STEP_PX, f"{name} not nested in {ROOT}: {row}"
                 assert row["expander"] == (name == TRAIN), f"expander of {name}: {row}"
                 assert row["href"].endswith(f"/runs/{ids[name]}"), row
 
-            # expanding train shows its two folds right below it, one level further in
-            shown = expand(driver, TRAIN, 7)
+            # expanding train shows its folds, evaluation and registration runs right below
+            # it, one level further in
+            shown = expand(driver, TRAIN, len(all_names))
             names = [r["name"] for r in shown]
             at = names.index(TRAIN)
-            assert set(names[at + 1:at + 3]) == set(TRAIN_CHILDREN), (
+            below = slice(at + 1, at + 1 + len(TRAIN_CHILDREN))
+            assert set(names[below]) == set(TRAIN_CHILDREN), (
                 f"the children of {TRAIN} are not listed below it: {names}")
-            for row in shown[at + 1:at + 3]:
+            for row in shown[below]:
                 assert row["indent"] == 3 * NEST_STEP_PX, f"{row['name']} is not nested: {row}"
                 assert row["href"].endswith(f"/runs/{ids[row['name']]}"), row
             assert sorted(names) == sorted(all_names), names

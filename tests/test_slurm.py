@@ -24,14 +24,13 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+import mlflow_server
 import numpy as np
 import polars as pl
-import pytest
-import yaml
-
-import mlflow_server
 import postgres_server
+import pytest
 import slurm_cluster
+import yaml
 from conftest import REPO, TINY
 from test_workflow import planned_jobs
 from test_workflow import snakemake as run_local
@@ -203,9 +202,8 @@ def _assert_history(client, run, record_by_step: dict[int, dict], where: str) ->
 
 @pytest.fixture(scope="module")
 def tracked(slurm_run):
-    from mlflow import MlflowClient
-
     from conftest import make_config
+    from mlflow import MlflowClient
 
     client = MlflowClient(slurm_run["server"].uri)
     name = make_config()["mlflow"]["experiment"]
@@ -274,10 +272,11 @@ def test_every_training_run_and_metric_reached_the_tracking_server(slurm_run, tr
         assert run.data.metrics["best_epoch"] == meta["best_epoch"], where
 
     # artifacts went through the server (proxied, mlflow-artifacts:/) to its own folder
-    logged = json.loads((results / "qa" / "mlflow.json").read_text())["artifacts"]
-    for artifact_path, names in logged.items():
+    tracked = json.loads((results / "qa" / "mlflow.json").read_text())
+    for artifact_path, names in tracked["artifacts"].items():
         assert names, artifact_path
-        listed = {Path(item.path).name for item in client.list_artifacts(parent_id, artifact_path)}
+        listed = {Path(item.path).name
+                  for item in client.list_artifacts(tracked["run_id"], artifact_path)}
         assert listed == set(names), artifact_path
     print(f"{len(runs)} runs in the experiment: {len(localizers)} localizer and "
           f"{len(severity)} severity training runs checked")

@@ -157,13 +157,14 @@ def test_each_epoch_is_checkpointed_before_its_metrics_are_logged(tmp_path):
 def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch):
     """workflow_context: runs created after it name the rule as their source, carry the git
     commit and the dataset inputs, and nest under their configuration's root run (one per
-    config, created on first use) unless given a parent."""
+    config, created on first use, already terminated) unless given a parent. A parent run is
+    closed by the job that creates it, before any child exists."""
     import json
 
     import mlflow
 
     from spinepipe import tracking
-    from spinepipe.tracking import config_hash, start_parent_run, workflow_context
+    from spinepipe.tracking import config_hash, create_parent_run, workflow_context
 
     monkeypatch.chdir(tmp_path)
     cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
@@ -178,21 +179,30 @@ def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch)
     with mlflow_run(cfg, "localize/point/sagittal_t1/fold0", {"fold": 0}) as logger:
         child = logger.run_id
     workflow_context("train_parent_run", config)
-    parent = start_parent_run(cfg, "train/seed1", {})
+    parent = create_parent_run(cfg, "train/seed1", {"train": {"lr": 0.01}, "seed": 1})
+    client = mlflow.MlflowClient(cfg["tracking_uri"])
+    closed = client.get_run(parent)
+    assert closed.info.status == "FINISHED" and closed.data.params == {"train.lr": "0.01", "seed": "1"}
     workflow_context("train_model", config)
     with mlflow_run(cfg, "train/seed1/spinal/fold0", {}, parent_run_id=parent) as logger:
         grandchild = logger.run_id
-    client = mlflow.MlflowClient(cfg["tracking_uri"])
+        assert client.get_run(grandchild).info.status == "RUNNING"
     experiment = client.get_experiment_by_name("spinepipe").experiment_id
     roots = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_name for r in roots] == ["pipeline"]
     root = roots[0].info.run_id
-    tags = {run_id: client.get_run(run_id).data.tags for run_id in (root, child, parent, grandchild)}
+    runs = {run_id: client.get_run(run_id) for run_id in (root, child, parent, grandchild)}
+    tags = {run_id: run.data.tags for run_id, run in runs.items()}
     assert tags[root]["spinepipe.config_hash"] == config_hash(config)
-    assert client.get_run(root).info.status == "FINISHED"
+    assert all(run.info.status == "FINISHED" for run in runs.values())
+    # the root is a container created terminated; a parent ends before its child starts
+    assert runs[root].info.end_time == runs[root].info.start_time <= runs[child].info.start_time
+    assert runs[parent].info.end_time <= runs[grandchild].info.start_time
     assert tags[child]["mlflow.parentRunId"] == root and tags[parent]["mlflow.parentRunId"] == root
     assert tags[grandchild]["mlflow.parentRunId"] == parent
     assert tags[child]["mlflow.source.name"] == "snakemake rule train_localizer"
+    assert tags[root]["snakemake.rule"] == "train_localizer"  # the job that needed it first
+    assert tags[parent]["snakemake.rule"] == "train_parent_run"
     assert tags[grandchild]["snakemake.rule"] == "train_model"
     assert all(t["mlflow.source.git.commit"] == "a" * 40 and t["mlflow.source.type"] == "JOB"
                for t in tags.values())
@@ -210,6 +220,97 @@ def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch)
     with mlflow_run(cfg, "loose", {}) as logger:
         assert "mlflow.parentRunId" not in client.get_run(logger.run_id).data.tags
     workflow_context(None)
+
+
+def test_a_failed_block_closes_its_run_as_failed(tmp_path):
+    import mlflow
+
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "x",
+           "retry_attempts": 2, "retry_seconds": 1.0}
+    init_tracking(cfg)
+    with pytest.raises(ValueError), mlflow_run(cfg, "broken", {}) as logger:
+        raise ValueError("training failed")
+    run = mlflow.MlflowClient(cfg["tracking_uri"]).get_run(logger.run_id)
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+
+
+SIGTERMED_JOB = r"""
+import os, signal, sys, time
+from spinepipe.tracking import mlflow_run
+cfg = {"tracking_uri": sys.argv[1], "experiment": "x", "retry_attempts": 2, "retry_seconds": 1.0}
+with mlflow_run(cfg, "killed", {}) as logger:
+    print(logger.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends at the time limit
+    time.sleep(30)
+print("not reached", flush=True)
+"""
+
+
+def test_a_job_sent_sigterm_closes_its_run_as_failed(tmp_path):
+    """Slurm's time limit, scancel or a cancelled workflow: the job still closes its run
+    (FAILED) before it exits, and exits with 143 as it would have without tracking."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "x"}
+    init_tracking(cfg)
+    result = subprocess.run([sys.executable, "-c", SIGTERMED_JOB, cfg["tracking_uri"]],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            check=False)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "not reached" not in result.stdout
+    run = mlflow.MlflowClient(cfg["tracking_uri"]).get_run(result.stdout.split()[0])
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+
+
+def test_retried_creations_leave_one_run_each_all_terminated(tmp_path, monkeypatch):
+    """A store that takes a write and then loses the answer (a timed-out HTTP response):
+    the retry finds the run or root created by the first try instead of creating a second
+    one that nobody would ever close."""
+    import mlflow
+
+    from spinepipe import tracking
+    from spinepipe.tracking import workflow_context
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
+           "retry_attempts": 4, "retry_seconds": 3.0}
+    init_tracking(cfg)
+    lost = []
+
+    def answer_lost(name):
+        real = getattr(mlflow.MlflowClient, name)
+
+        def call(self, *args, **kwargs):
+            result = real(self, *args, **kwargs)
+            if name not in lost:
+                lost.append(name)
+                raise ConnectionResetError(f"{name}: connection reset by peer")
+            return result
+        monkeypatch.setattr(mlflow.MlflowClient, name, call)
+
+    answer_lost("create_run")     # the root's creation, then
+    answer_lost("set_terminated")  # the root's closing, each answered once with an error
+    tracking._CONTEXT.root_run_ids.clear()
+    workflow_context("train_localizer", {"seed": 3})
+    with mlflow_run(cfg, "localize/point/sagittal_t1/fold0", {"fold": 0}) as logger:
+        logger({"loss": 1.0}, 0)
+    assert lost == ["create_run", "set_terminated"]
+    lost.remove("create_run")  # the job's own run: its creation answered with an error too
+    workflow_context("train_parent_run", {"seed": 3})
+    parent = tracking.create_parent_run(cfg, "train/seed3", {"seed": 3})
+    workflow_context(None)
+    client = mlflow.MlflowClient(cfg["tracking_uri"])
+    experiment = client.get_experiment_by_name("spinepipe").experiment_id
+    runs = client.search_runs([experiment])
+    assert sorted(r.info.run_name for r in runs) == [
+        "localize/point/sagittal_t1/fold0", "pipeline", "train/seed3"]
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert parent in {r.info.run_id for r in runs}
+    (child,) = [r for r in runs if r.info.run_name.startswith("localize/")]
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "loss")] == [1.0]
 
 
 def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
@@ -249,7 +350,8 @@ def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
     assert len(chosen) == 3 and len(set(chosen)) == 1, chosen
     client = mlflow.MlflowClient(cfg["tracking_uri"])
     experiment = client.get_experiment_by_name("spinepipe").experiment_id
-    assert [r.info.run_id for r in client.search_runs([experiment])] == chosen[:1]
+    (root,) = client.search_runs([experiment])
+    assert root.info.run_id == chosen[0] and root.info.status == "FINISHED"
 
 
 def test_git_commit_of_this_checkout(tmp_path):

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-
 from conftest import REPO, TINY, make_config
+
 from spinepipe import checkpoints
 from spinepipe.classify.end_to_end import check_no_leak
 from spinepipe.dataset import read_labels
@@ -163,7 +163,7 @@ def test_end_to_end_cv_grades_every_train_row_with_the_fold_that_held_it_out(wor
 def test_every_test_study_and_every_gallery_case_gets_a_sheet(workflow_run):
     """results/qa: a sheet per test study (the damaged ones included), the sampled train
     studies and every train study a gallery shows; four galleries with their cases; all of
-    it logged to the MLflow parent run."""
+    it logged to qa_mlflow's own MLflow run `qa`."""
     workflow_run, damaged = workflow_run
     results = workflow_run / "results"
     sheets = {int(p.stem) for p in (results / "qa" / "studies").glob("*.png")}
@@ -184,25 +184,58 @@ def test_every_test_study_and_every_gallery_case_gets_a_sheet(workflow_run):
 
     tracked = json.loads((results / "qa" / "mlflow.json").read_text())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    run = client.get_run(tracked["run_id"])  # qa_mlflow's own run, under the root
+    assert (run.info.run_name, run.data.tags["snakemake.rule"]) == ("qa", "qa_mlflow")
+    assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_name == "pipeline"
+    assert {k: len(v) for k, v in tracked["artifacts"].items()} == {
+        "qa/studies": len(sheets), "qa/galleries": len([p for p in galleries.iterdir() if not p.name.startswith(".")])}
     logged = {f.path for f in client.list_artifacts(tracked["run_id"], "qa/studies")}
     assert logged == {f"qa/studies/{s}.png" for s in sheets}
     logged = {f.path for f in client.list_artifacts(tracked["run_id"], "qa/galleries")}
     assert "qa/galleries/degraded.png" in logged and "qa/galleries/degraded.csv" in logged
 
 
+def _tracked_runs(results: Path):
+    """The tiny pipeline's MLflow client and every run of its experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spinepipe")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+# Run name -> the one rule whose job creates (and terminates) that run (README "Experiment
+# tracking"); the root run `pipeline` is created by whichever of them needs it first.
+RUN_CREATORS = {
+    r"localize/(point|slice)/\w+/fold\d+": "train_localizer",
+    r"evaluate/localization": "localize_eval",
+    r"qa": "qa_mlflow",
+    r"train/seed\d+": "train_parent_run",
+    r"train/seed\d+/\w+/fold\d+": "train_model",
+    r"evaluate/cv/seed\d+": "cv_eval",
+    r"evaluate/test/seed\d+": "cv_report",
+    r"register/seed\d+": "register_model",
+}
+
+
+def run_creator(name: str) -> str | None:
+    rules = [rule for pattern, rule in RUN_CREATORS.items() if re.fullmatch(pattern, name)]
+    assert len(rules) <= 1, (name, rules)
+    return rules[0] if rules else None
+
+
 @pytest.mark.slow
 def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
     """A fresh run's store has exactly one root run (the configuration's, tagged with its
-    hash); the localizer, training and evaluation runs nest under it with names that sort;
-    every run names its rule as source and carries the checkout's git commit."""
-    import mlflow
-
+    hash); the localizer, training, evaluation, QA and registration runs nest under it with
+    names that sort, each seed's evaluation and registration under its train run; every run
+    names its rule as source and carries the checkout's git commit."""
     workflow_run, _ = workflow_run
     results = workflow_run / "results"
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("spinepipe")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    client, runs = _tracked_runs(results)
     by_id = {r.info.run_id: r for r in runs}
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(by_name) == len(runs), sorted(r.info.run_name for r in runs)  # no duplicates
     roots = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_name for r in roots] == ["pipeline"], [r.info.run_name for r in roots]
     root = roots[0]
@@ -220,21 +253,38 @@ def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
         return names
 
     folds = TINY["folds"]["n"]
-    localizers = sorted(r.info.run_name for r in runs if r.info.run_name.startswith("localize/"))
+    localizers = sorted(name for name in by_name if name.startswith("localize/"))
     assert len(localizers) == len(list((results / "localize" / "models").glob("*.pt")))
     assert "localize/point/sagittal_t1/fold0" in localizers
-    severity = sorted(r.info.run_name for r in runs if r.info.run_name.count("/") == 3
-                      and r.info.run_name.startswith("train/"))
-    assert severity == sorted(f"train/seed2024/{family}/fold{k}" for family in
-                              ("spinal", "foraminal", "subarticular") for k in range(folds))
+    severity = sorted(f"train/seed2024/{family}/fold{k}" for family in
+                      ("spinal", "foraminal", "subarticular") for k in range(folds))
+    seed_children = ["evaluate/cv/seed2024", "evaluate/test/seed2024", "register/seed2024", *severity]
+    assert sorted(by_name) == sorted(["pipeline", *localizers, "evaluate/localization", "qa",
+                                      "train/seed2024", *seed_children])
     for run in runs:
         names = path(run)
-        assert names[0] == "pipeline", names
-        if run.info.run_name.startswith("train/seed2024/"):
-            assert names[:2] == ["pipeline", "train/seed2024"], names
+        expected = ["pipeline", "train/seed2024"] if run.info.run_name in seed_children else ["pipeline"]
+        if run is not root:
+            assert names[:-1] == expected, names
         assert run.data.tags.get("mlflow.source.git.commit") == commit, run.info.run_name
         assert run.data.tags["mlflow.source.name"].startswith("snakemake rule "), run.data.tags
-    assert "evaluate/localization" in {r.info.run_name for r in runs}
+    parent_run = json.loads((results / "train" / "parent_run.json").read_text())
+    assert parent_run == {"run_id": by_name["train/seed2024"].info.run_id,
+                          "run_name": "train/seed2024", "seed": 2024}
+    # the train run holds the seed's settings; the figures are in the runs that computed them
+    train_run = by_name["train/seed2024"]
+    assert train_run.data.params["seed"] == "2024" and "train.epochs" in train_run.data.params
+    assert train_run.data.metrics == {}
+    cv_oof = json.loads((results / "eval" / "cv_oof.json").read_text())
+    cv = json.loads((results / "eval" / "cv.json").read_text())
+    cv_run, test_run = by_name["evaluate/cv/seed2024"].data, by_name["evaluate/test/seed2024"].data
+    assert cv_run.metrics["cv_score"] == pytest.approx(cv_oof["cv_score"])
+    assert cv_run.metrics["cv_score_annotated_points"] == pytest.approx(cv_oof["cv_score_annotated_points"])
+    assert {"cv_oof.json", "confusion_matrices.png", "calibration.png", "degraded_rows_oof.csv"} <= {
+        f.path for f in client.list_artifacts(by_name["evaluate/cv/seed2024"].info.run_id)}
+    for key in ("cv_score", "cv_score_annotated_points", "test_score", "test_prior_score"):
+        assert test_run.metrics[key] == pytest.approx(cv[key]), key  # one row compares both
+    assert "test_score" not in cv_run.metrics
     # the data each run trained and was evaluated on, as MLflow datasets
     records = json.loads((results / "tracking" / "datasets.json").read_text())
     assert records["train"]["profile"]["studies"] == TINY["synthetic"]["n_train"]
@@ -247,11 +297,58 @@ def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
     train = (records["train"]["name"], records["train"]["digest"])
     for run in runs:
         name = run.info.run_name
-        if name.startswith("localize/") or name.count("/") == 3:
+        if name.startswith("localize/") or name in severity:
             assert inputs(run) == {"training": train}, (name, inputs(run))
-    parent = next(r for r in runs if r.info.run_name == "train/seed2024")
-    assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {
+    assert {d.dataset.digest for d in train_run.inputs.dataset_inputs} == {
         records["train"]["digest"], records["test"]["digest"]}
+
+
+@pytest.mark.slow
+def test_every_mlflow_run_is_opened_and_closed_by_one_job(workflow_run):
+    """Each run is created and terminated by the job of one rule (its tag snakemake.rule),
+    and nothing reaches it afterwards: every run is FINISHED; every metric entry and every
+    artifact file of a run was written between its start and its end; and a parent run
+    ended before any of its children started, so no later job (the children's, or any job
+    after them) reopened it to log into it."""
+    from urllib.parse import unquote, urlparse
+
+    workflow_run, _ = workflow_run
+    client, runs = _tracked_runs(workflow_run / "results")
+    by_id = {r.info.run_id: r for r in runs}
+    creators = set(RUN_CREATORS.values())
+    artifact_files = 0
+    for run in runs:
+        info, name, rule = run.info, run.info.run_name, run.data.tags.get("snakemake.rule")
+        assert info.status == "FINISHED", (name, info.status)
+        assert info.start_time <= info.end_time, name
+        expected = run_creator(name)
+        if name == "pipeline":  # created by the first job that needed it, already terminated
+            assert rule in creators and info.end_time == info.start_time, (name, rule)
+        else:
+            assert expected is not None and rule == expected, (name, rule, expected)
+        assert run.data.tags["mlflow.source.name"] == f"snakemake rule {rule}", name
+        for key in run.data.metrics:
+            for entry in client.get_metric_history(info.run_id, key):
+                assert info.start_time <= entry.timestamp <= info.end_time, (
+                    f"{name}: metric {key} logged at {entry.timestamp}, outside the run "
+                    f"({info.start_time} to {info.end_time})")
+        artifacts = urlparse(info.artifact_uri)
+        assert artifacts.scheme in ("", "file"), info.artifact_uri  # the tiny run's local store
+        folder = Path(unquote(artifacts.path))
+        folder = folder if folder.is_absolute() else workflow_run / folder
+        if folder.is_dir():
+            for file in (f for f in folder.rglob("*") if f.is_file()):
+                artifact_files += 1
+                written = file.stat().st_ctime_ns // 1_000_000
+                assert written <= info.end_time + 5, (  # a coarse file clock: a few ms
+                    f"{name}: artifact {file.relative_to(folder)} written at {written}, "
+                    f"after the run ended at {info.end_time}")
+        parent = by_id.get(run.data.tags.get("mlflow.parentRunId"))
+        if parent is not None:
+            assert parent.info.end_time <= info.start_time, (
+                f"{parent.info.run_name} ended at {parent.info.end_time}, after its child "
+                f"{name} started at {info.start_time}")
+    assert artifact_files > 0, "no artifact file found: the artifact check saw nothing"
 
 
 @pytest.mark.slow
@@ -281,6 +378,13 @@ def test_registered_ensemble_grades_test_studies_as_the_pipeline_did(workflow_ru
     cv = json.loads((results / "eval" / "cv.json").read_text())
     assert float(version.tags["cv_score"]) == pytest.approx(cv["cv_score"], abs=1e-6)
     assert float(version.tags["test_score"]) == pytest.approx(cv["test_score"], abs=1e-6)
+    # logged to register_model's own run, nested under the seed's train run
+    source = client.get_run(version.run_id)
+    assert version.run_id == record["run_id"] and source.info.run_name == "register/seed2024"
+    assert source.data.tags["snakemake.rule"] == "register_model"
+    train_run = json.loads((results / "train" / "parent_run.json").read_text())["run_id"]
+    assert source.data.tags["mlflow.parentRunId"] == train_run == record["train_run_id"]
+    assert source.data.tags["registered_model_version"] == str(record["version"])
     experiment = client.get_experiment_by_name("spinepipe")
     fold_runs = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
                  if r.info.run_name.startswith("train/seed2024/") and r.info.run_name.count("/") == 3]

@@ -1,6 +1,7 @@
 """Rule cv_eval: the end-to-end out-of-fold CV (the headline) and the classifier-only CV on
 annotated points, vs the prior; the submission's temperatures, figures, the end-to-end
-probabilities of every train row and the rows that fell back (cv_oof.json)."""
+probabilities of every train row and the rows that fell back (cv_oof.json). Tracked as this
+job's own run evaluate/cv/seed{seed}, nested under the seed's train run."""
 import json
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ import polars as pl
 from spinepipe.classify.end_to_end import evaluate_cv
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import finish_run, flatten
+from spinepipe.tracking import flatten, mlflow_run, workflow_context
 
 setup_logging(snakemake.log[0])
 cfg = snakemake.params.cfg
@@ -29,7 +30,16 @@ Path(snakemake.output.temperatures).write_text(json.dumps(temperatures, indent=2
 probabilities.write_csv(snakemake.output.predictions)
 degraded.write_csv(snakemake.output.degraded)
 logging.info("cv: %s", json.dumps(result, indent=1))
-parent = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
-finish_run(snakemake.params.tracking, parent, flatten({"cv": result}),
-           [Path(snakemake.output.cv), Path(snakemake.output.confusion),
-            Path(snakemake.output.calibration), Path(snakemake.output.degraded)])
+# the outputs first, then the tracking store (best effort)
+parent = json.loads(Path(snakemake.input.parent).read_text())
+datasets = snakemake.input.get("datasets")  # optional: the evaluated split as a dataset input
+workflow_context(snakemake.rule, snakemake.config, datasets,
+                 {"train": "evaluation"} if datasets else None)
+with mlflow_run(snakemake.params.tracking, f"evaluate/cv/seed{parent['seed']}",
+                {"temperature_scaling": cfg["temperature_scaling"], "class_weights": cfg["class_weights"]},
+                tags={"stage": "evaluate", "seed": str(parent["seed"])},
+                parent_run_id=parent["run_id"]) as run:
+    run(flatten(result))
+    for path in (snakemake.output.cv, snakemake.output.confusion, snakemake.output.calibration,
+                 snakemake.output.degraded):
+        run.log_artifact(path)

@@ -1,5 +1,7 @@
 """Rule cv_report: cv.json = the out-of-fold evaluation (end to end and on annotated points)
-plus, where test labels exist (synthetic data), the submission's test score and the prior's."""
+plus, where test labels exist (synthetic data), the submission's test score and the prior's.
+With test labels, tracked as this job's own run evaluate/test/seed{seed} (nested under the
+seed's train run): the test scores beside the CV headline, so one row compares both."""
 import json
 import logging
 from pathlib import Path
@@ -9,7 +11,11 @@ import polars as pl
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
 from spinepipe.metric import prior_predictions, score
-from spinepipe.tracking import finish_run
+from spinepipe.tracking import flatten, mlflow_run, workflow_context
+
+# cv_oof.json's figures that go beside the test scores (the rest stays in evaluate/cv/seed*)
+CV_HEADLINE = ("cv_score", "cv_score_annotated_points", "localization_cost", "prior_score",
+               "cv_score_uncalibrated")
 
 setup_logging(snakemake.log[0])
 result = json.loads(Path(snakemake.input.oof).read_text())
@@ -25,7 +31,14 @@ Path(snakemake.output[0]).write_text(json.dumps(result, indent=2))
 logging.info("cv %.4f end to end, %.4f on annotated points (prior %.4f); test %s (prior %s)",
              result["cv_score"], result["cv_score_annotated_points"], result["prior_score"],
              result.get("test_score"), result.get("test_prior_score"))
-parent = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
-finish_run(snakemake.params.tracking, parent,
-           {k: result[k] for k in ("test_score", "test_prior_score") if k in result},
-           [Path(snakemake.output[0])])
+if "test_score" in result:
+    parent = json.loads(Path(snakemake.input.parent).read_text())
+    datasets = snakemake.input.get("datasets")  # optional: the test split as a dataset input
+    workflow_context(snakemake.rule, snakemake.config, datasets,
+                     {"test": "evaluation"} if datasets else None)
+    metrics = {k: result[k] for k in (*CV_HEADLINE, "test_score", "test_prior_score") if k in result}
+    with mlflow_run(snakemake.params.tracking, f"evaluate/test/seed{parent['seed']}", {},
+                    tags={"stage": "evaluate", "seed": str(parent["seed"])},
+                    parent_run_id=parent["run_id"]) as run:
+        run(metrics | flatten({"test_terms": result["test_terms"]}))
+        run.log_artifact(snakemake.output[0])

@@ -1,13 +1,19 @@
-"""Rule qa_mlflow: the study sheets and galleries as artifacts of the MLflow parent run
-(qa/studies/<study_id>.png, qa/galleries/<gallery>.png and .csv)."""
+"""Rule qa_mlflow: the study sheets and galleries as artifacts of this job's own MLflow run
+`qa`, nested under the configuration's root run (qa/studies/<study_id>.png,
+qa/galleries/<gallery>.png and .csv)."""
 import json
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import log_artifact_dirs
+from spinepipe.tracking import mlflow_run, workflow_context
 
 setup_logging(snakemake.log[0])
-run_id = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
+workflow_context(snakemake.rule, snakemake.config)
 folders = {"qa/studies": Path(snakemake.input.studies), "qa/galleries": Path(snakemake.input.galleries)}
-logged = log_artifact_dirs(snakemake.params.tracking, run_id, folders)
-Path(snakemake.output[0]).write_text(json.dumps({"run_id": run_id, "artifacts": logged}, indent=2) + "\n")
+# the sheets show the master seed's out-of-fold and test probabilities
+tags = {"stage": "qa", "seed": str(snakemake.config["seed"])}
+with mlflow_run(snakemake.params.tracking, "qa", {}, tags=tags) as run:
+    logged = {artifact_path: run.log_artifact_dir(folder, artifact_path)
+              for artifact_path, folder in folders.items()}
+Path(snakemake.output[0]).write_text(json.dumps({"run_id": run.run_id, "run_name": "qa",
+                                                 "artifacts": logged}, indent=2) + "\n")

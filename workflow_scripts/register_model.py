@@ -1,5 +1,6 @@
-"""Rule register_model: the fold ensemble as an MLflow model of the train parent run,
-registered under registry.name with its CV and test scores on the new version."""
+"""Rule register_model: the fold ensemble as an MLflow model of this job's own run
+register/seed{seed} (nested under the seed's train run), registered under registry.name with
+its CV and test scores on the new version."""
 import json
 import logging
 from pathlib import Path
@@ -8,44 +9,63 @@ import polars as pl
 
 from spinepipe.classify.mlflow_model import log_model
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import RetryPolicy, call_with_retry, workflow_context
+from spinepipe.tracking import (
+    RetryPolicy,
+    TrackingError,
+    call_with_retry,
+    mlflow_run,
+    workflow_context,
+)
 
 setup_logging(snakemake.log[0])
-workflow_context(snakemake.rule)
+workflow_context(snakemake.rule, snakemake.config)
 tracking = snakemake.params.tracking
 uri = tracking["tracking_uri"]
-run_id = json.loads(Path(snakemake.input.parent).read_text())["run_id"]
+name = snakemake.params.name
+parent = json.loads(Path(snakemake.input.parent).read_text())
 cv = json.loads(Path(snakemake.input.cv).read_text())
 scores = {k: cv[k] for k in ("cv_score", "cv_score_annotated_points", "test_score") if cv.get(k) is not None}
 policy = RetryPolicy.from_config(tracking)
-record = {"name": snakemake.params.name, "run_id": run_id, "scores": scores}
+run_name = f"register/seed{parent['seed']}"
+record = {"name": name, "run_id": None, "run_name": run_name, "train_run_id": parent["run_id"],
+          "scores": scores}
 
 
-def register() -> str:
+def register(run_id: str) -> str:
     info = call_with_retry("model registration", uri, policy, log_model, run_id, uri, "ensemble",
                            [Path(p) for p in snakemake.input.models],
                            json.loads(Path(snakemake.input.temperatures).read_text()),
                            Path(snakemake.input.labels), snakemake.params.inference,
-                           pl.read_parquet(snakemake.input.index), snakemake.params.name)
+                           pl.read_parquet(snakemake.input.index), name)
     version = str(info.registered_model_version)
-    call_with_retry("model version tags", uri, policy, describe, version)
+    call_with_retry("model version tags", uri, policy, describe, run_id, version)
     return version
 
 
-def describe(version: str) -> None:
+def describe(run_id: str, version: str) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     for key, value in scores.items():
-        client.set_model_version_tag(snakemake.params.name, version, key, f"{value:.6f}")
-    client.set_model_version_tag(snakemake.params.name, version, "source_run", run_id)
-    client.update_model_version(snakemake.params.name, version, description=(
-        f"Fold ensemble of run {run_id}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
+        client.set_model_version_tag(name, version, key, f"{value:.6f}")
+    client.set_model_version_tag(name, version, "source_run", run_id)
+    client.set_model_version_tag(name, version, "train_run", parent["run_id"])
+    client.update_model_version(name, version, description=(
+        f"Fold ensemble of run {parent['run_name']} ({parent['run_id']}): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
 
 
 try:
-    version = register()
-    record |= {"version": version, "uri": f"models:/{snakemake.params.name}/{version}"}
+    # a failed registration closes the run as FAILED; the job still succeeds (best effort)
+    with mlflow_run(tracking, run_name, {"registry.name": name},
+                    tags={"stage": "register", "seed": str(parent["seed"])},
+                    parent_run_id=parent["run_id"]) as run:
+        if run.run_id is None:
+            raise TrackingError(f"tracking store {uri}: the run {run_name} could not be created")
+        record["run_id"] = run.run_id
+        version = register(run.run_id)
+        run.set_tags({"registered_model": name, "registered_model_version": version})
+    record |= {"version": version, "uri": f"models:/{name}/{version}"}
     logging.info("registered %s", record)
 except Exception as error:  # noqa: BLE001 - best effort, as every tracking write after set-up
     record["error"] = f"{type(error).__name__}: {str(error)[:500]}"

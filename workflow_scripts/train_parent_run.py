@@ -1,15 +1,20 @@
-"""Rule train_parent_run: the MLflow parent run the per-family, per-fold runs attach to."""
+"""Rule train_parent_run: the MLflow run train/seed{seed} that the per-family, per-fold runs
+and the seed's evaluation runs nest under. It holds the seed's params and both splits as
+dataset inputs and is terminated at once: a container that no later job writes to."""
 import json
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import start_parent_run, workflow_context
+from spinepipe.tracking import create_parent_run, workflow_context
 
 setup_logging(snakemake.log[0])
 workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets,
                  {"train": "training", "test": "evaluation"})
+seed = int(snakemake.params.seed)
 params = {"train": snakemake.params.train, "crops": snakemake.params.crops,
-          "folds": snakemake.params.folds, "seed": snakemake.params.seed}
-run_id = start_parent_run(snakemake.params.tracking, f"train/seed{snakemake.params.seed}", params,
-                          tags={"stage": "train", "seed": str(snakemake.params.seed)})
-Path(snakemake.output[0]).write_text(json.dumps({"run_id": run_id}) + "\n")
+          "folds": snakemake.params.folds, "seed": seed}
+run_name = f"train/seed{seed}"
+run_id = create_parent_run(snakemake.params.tracking, run_name, params,
+                           tags={"stage": "train", "seed": str(seed)})
+Path(snakemake.output[0]).write_text(json.dumps({"run_id": run_id, "run_name": run_name,
+                                                 "seed": seed}) + "\n")
