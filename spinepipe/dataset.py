@@ -32,8 +32,14 @@ from typing import Any
 import polars as pl
 
 from spinepipe.constants import (
-    CONDITION_NAMES, CONDITIONS, LABEL_COLUMNS, LEVEL_NAMES, LEVELS, SERIES_DESCRIPTIONS,
-    SEVERITIES, SUBMISSION_COLUMNS,
+    CONDITION_NAMES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    SERIES_DESCRIPTIONS,
+    SEVERITIES,
+    SUBMISSION_COLUMNS,
 )
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import polars as pl
 
 from spinepipe.constants import SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
-from spinepipe.xref import select_sagittal_slices, sagittal_sides
+from spinepipe.xref import sagittal_sides, select_sagittal_slices
 
 log = logging.getLogger(__name__)
 TIE_MM = 0.05  # two slices this close to equidistant are both "the nearest"

@@ -134,8 +134,8 @@ def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator:
 # --- driving a report --------------------------------------------------------------------------
 
 def _wait(driver, timeout: float | None = None):
-    from selenium.webdriver.support.ui import WebDriverWait
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout or DEFAULT_TIMEOUT, poll_frequency=0.1,
                          ignored_exceptions=(StaleElementReferenceException,))

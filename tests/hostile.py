@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pydicom
+from dicom_encodings import SYNTAXES, reencode
 from pydicom import uid
 from pydicom.encaps import encapsulate
 
-from dicom_encodings import SYNTAXES, reencode
 from spinepipe.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
 
 # One syntax per series; each study's three series re-encoded.

@@ -183,7 +183,6 @@ if __name__ == "__main__":  # manual check: PostgreSQL, then the server on it, a
     import tempfile
 
     import mlflow
-
     from postgres_server import start_postgres
 
     pg = start_postgres()

@@ -15,10 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-
 import browser  # noqa: E402  (tests/ is on sys.path: pytest rootdir-inserts test dirs)
+import pytest
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,23 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_crops import CROP_CFG, crops_from_annotations
 
 from spinepipe.classify.data import CropDataset, family_samples, label_targets
-from spinepipe.classify.end_to_end import (LeakError, check_no_leak, end_to_end_predictions, evaluate_cv,
-                                           held_out_studies)
+from spinepipe.classify.end_to_end import (
+    LeakError,
+    check_no_leak,
+    end_to_end_predictions,
+    evaluate_cv,
+    held_out_studies,
+)
 from spinepipe.classify.evaluate import LOGITS, fit_temperature
-from spinepipe.classify.inference import assemble_submission, ensemble, flip_spinal, validate_submission
+from spinepipe.classify.inference import (
+    assemble_submission,
+    ensemble,
+    flip_spinal,
+    validate_submission,
+)
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.pipeline import PREDICTION_SCHEMA, build_model, predictions_frame
 from spinepipe.classify.training import fit, lr_lambda, severity_loss
@@ -21,8 +32,6 @@ from spinepipe.constants import LABEL_COLUMNS, LEVELS
 from spinepipe.dataset import read_labels
 from spinepipe.folds import make_folds
 from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
-
-from test_crops import CROP_CFG, crops_from_annotations
 
 TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16, "dropout": 0.0,
              "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
@@ -208,8 +217,8 @@ def test_submission_falls_back_and_reports_every_degraded_row(tiny_crops):
         assert reasons[f"123_spinal_canal_stenosis_{lv}"] == "prior"
     assert reasons[f"{studies[1]}_spinal_canal_stenosis_l1_l2"] == "prior"
     assert degraded.height == 5 * 2 + 25 + 1 + 5  # study 0 recesses + study 123 + nan row + study 0 canal
-    fallback = submission.filter(pl.col("row_id") == f"123_spinal_canal_stenosis_l1_l2")
-    expected = prior.filter(pl.col("row_id") == f"123_spinal_canal_stenosis_l1_l2")
+    fallback = submission.filter(pl.col("row_id") == "123_spinal_canal_stenosis_l1_l2")
+    expected = prior.filter(pl.col("row_id") == "123_spinal_canal_stenosis_l1_l2")
     assert np.allclose(fallback.select("normal_mild", "moderate", "severe").to_numpy(),
                        expected.select("normal_mild", "moderate", "severe").to_numpy(), atol=1e-6)
     # the ensemble is the mean over folds of temperature-scaled probabilities

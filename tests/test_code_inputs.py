@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY
+
 from spinepipe.code_inputs import import_closure
 
 # Every rule of the workflow with its script and its `code` input, from the loaded workflow.

@@ -97,7 +97,7 @@ def pip_entries(pip: list[str]) -> dict[str, Requirement]:
         try:
             req = Requirement(entry)
         except InvalidRequirement as error:
-            raise AssertionError(f"pip entry {entry!r} is not a package by name: {error}")
+            raise AssertionError(f"pip entry {entry!r} is not a package by name: {error}") from error
         name = canonicalize_name(req.name)
         assert name not in entries, f"{name} is listed twice under pip"
         entries[name] = req

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO, make_config
 
 from spinepipe.config import ConfigError, deep_update, validate
-
-from conftest import REPO, make_config
 
 
 def _error(overlay) -> str:

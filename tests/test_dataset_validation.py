@@ -11,8 +11,15 @@ import polars as pl
 import pytest
 
 from spinepipe.constants import CONDITIONS, LABEL_COLUMNS, LEVELS
-from spinepipe.dataset import (DatasetError, read_coordinates, read_labels, read_series_descriptions,
-                               read_submission, summarize_dataset, validate_dataset)
+from spinepipe.dataset import (
+    DatasetError,
+    read_coordinates,
+    read_labels,
+    read_series_descriptions,
+    read_submission,
+    summarize_dataset,
+    validate_dataset,
+)
 
 TRAIN_STUDIES = (101, 102)
 TEST_STUDIES = (201, 202)

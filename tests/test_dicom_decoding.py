@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pydicom
 import pytest
+from dicom_encodings import SYNTAXES, reencode, reencode_series
 from pydicom import uid
 from pydicom.encaps import encapsulate
 
-from dicom_encodings import SYNTAXES, reencode, reencode_series
 from spinepipe.crops.build import build_crops, crop_summary
 from spinepipe.crops.views import VIEWS
 from spinepipe.dataset import read_coordinates, read_series_descriptions

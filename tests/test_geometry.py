@@ -10,8 +10,14 @@ from spinepipe.dataset import read_coordinates, read_series_descriptions
 from spinepipe.geometry import SlicePlane, StackGeometry
 from spinepipe.geometry_eval import evaluate_geometry
 from spinepipe.metadata import parse_instances, summarize_series
-from spinepipe.xref import (annotation_points, axial_cross_reference, level_points,
-                            select_sagittal_slices, slice_reader, stack_geometries)
+from spinepipe.xref import (
+    annotation_points,
+    axial_cross_reference,
+    level_points,
+    select_sagittal_slices,
+    slice_reader,
+    stack_geometries,
+)
 
 
 def test_pixel_to_patient_follows_the_dicom_formula():

@@ -14,9 +14,9 @@ import polars as pl
 import pydicom
 import pytest
 import yaml
-
 from conftest import REPO, TINY, make_config
 from hostile import N_TEST, HostilePlan, build_split_pair
+
 from spinepipe.classify.inference import FAMILY_DESCRIPTIONS, validate_submission
 from spinepipe.constants import CONDITION_FAMILY, CONDITIONS, SUBMISSION_COLUMNS
 from spinepipe.pixels import decode_slice

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from conftest import make_config
 
 from spinepipe.synth.generate import generate_dataset
 from spinepipe.synth.learnability import learnability_check
-
-from conftest import make_config
 
 log = logging.getLogger(__name__)
 

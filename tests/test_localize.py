@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from spinepipe.dataset import read_coordinates, read_series_descriptions
+from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax, soft_argmax
-from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.samples import point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache, build_stacks
 from spinepipe.localize.training import evaluate_points, train_point_model
@@ -321,7 +321,7 @@ def test_localizer_decodes_the_sagittal_levels_jointly(tiny_dataset, tmp_path, j
     sagittal = predictions.filter(pl.col("series_description").str.starts_with("Sagittal"))
     assert sagittal.height == len(studies) * 15
     cache = StackCache(index)
-    for (_, side), group in sagittal.group_by("series_id", "side"):
+    for (_, _side), group in sagittal.group_by("series_id", "side"):
         group = group.sort("level")
         scale = cache.get(group["series_id"][0])["scale"]
         found = np.stack([group["x"].to_numpy() / scale[0], group["y"].to_numpy() / scale[1]], axis=1)

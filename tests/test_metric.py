@@ -259,7 +259,7 @@ def test_prior_predictions_reproduce_frequencies() -> None:
         f"7_{SP}_l2_l3",  # N, S
         f"8_{SP}_l5_s1",  # no labels: spinal group frequencies
         f"7_{LF}_l1_l2",  # M, M, N
-        f"7_right_neural_foraminal_narrowing_l4_l5",  # no labels: foraminal group frequencies
+        "7_right_neural_foraminal_narrowing_l4_l5",  # no labels: foraminal group frequencies
         f"7_{LS}_l5_s1",  # S, N
         f"9_{RS}_l1_l2",  # no labels: subarticular group frequencies
     ]

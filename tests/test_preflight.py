@@ -10,12 +10,11 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO, make_config
+from test_dataset_validation import write_dataset
 
 from spinepipe.config import ConfigError, deep_update, validate
 from spinepipe.preflight import preflight
-
-from conftest import REPO, make_config
-from test_dataset_validation import write_dataset
 
 
 def _error(tmp_path, overlay) -> str:

@@ -6,16 +6,33 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from test_qa_sheet import AX, CANAL_Y, LEVEL_Z, RECESS_X, STUDY, T1, T2, N, _images, axial, sagittal
 
-from spinepipe.constants import (AXIAL_T2, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS,
-                                 SAGITTAL_T1, SAGITTAL_T2, row_id)
+from spinepipe.constants import (
+    AXIAL_T2,
+    CONDITION_NAMES,
+    CONDITIONS,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    row_id,
+)
 from spinepipe.geometry import StackGeometry
-from spinepipe.qa.galleries import (CASE_SCHEMA, GALLERIES, cases_table, confident_wrong_cases,
-                                    degraded_cases, draw_tile, label_noise_cases,
-                                    localization_error_cases, parse_row_id, plan_tile,
-                                    render_gallery)
+from spinepipe.qa.galleries import (
+    CASE_SCHEMA,
+    GALLERIES,
+    cases_table,
+    confident_wrong_cases,
+    degraded_cases,
+    draw_tile,
+    label_noise_cases,
+    localization_error_cases,
+    parse_row_id,
+    plan_tile,
+    render_gallery,
+)
 from spinepipe.qa.sheet import CROP_ROWS, CropView, SeriesStack, StudyInputs
-from test_qa_sheet import AX, CANAL_Y, LEVEL_Z, N, RECESS_X, STUDY, T1, T2, _images, axial, sagittal
 
 CANAL, L_FORAMEN, L_RECESS = (CONDITION_NAMES[c] for c in (
     "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "left_subarticular_stenosis"))

@@ -9,9 +9,19 @@ import pytest
 
 from spinepipe.constants import AXIAL_T2, CONDITIONS, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
-from spinepipe.qa.sheet import (CROP_ROWS, CropView, SeriesStack, StudyInputs, crop_montage,
-                                crop_tiles, masked_pattern, patient_side_labels, plan_sheet,
-                                render_study_sheet, sagittal_side_text)
+from spinepipe.qa.sheet import (
+    CROP_ROWS,
+    CropView,
+    SeriesStack,
+    StudyInputs,
+    crop_montage,
+    crop_tiles,
+    masked_pattern,
+    patient_side_labels,
+    plan_sheet,
+    render_study_sheet,
+    sagittal_side_text,
+)
 
 STUDY = 4242
 T2, T1, AX = 11, 12, 13

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY
 from test_workflow import planned_jobs, snakemake
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY
-from spinepipe.classify.seeds import headline_figures, summarize_seeds, summary_line
 from test_workflow import planned_jobs, snakemake
+
+from spinepipe.classify.seeds import headline_figures, summarize_seeds, summary_line
 
 FAMILIES = ("spinal", "foraminal", "subarticular")
 

@@ -11,8 +11,15 @@ import pytest
 import SimpleITK as sitk
 
 from spinepipe.constants import (
-    AXIAL_T2, CONDITION_FAMILY, CONDITION_NAMES, CONDITION_SIDE, LABEL_COLUMNS, LEVEL_NAMES,
-    SAGITTAL_T1, SERIES_DESCRIPTIONS, SEVERITIES,
+    AXIAL_T2,
+    CONDITION_FAMILY,
+    CONDITION_NAMES,
+    CONDITION_SIDE,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    SAGITTAL_T1,
+    SERIES_DESCRIPTIONS,
+    SEVERITIES,
 )
 from spinepipe.dataset import read_coordinates, read_labels, read_series_descriptions
 from spinepipe.geometry import SlicePlane, slice_normal

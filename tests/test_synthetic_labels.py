@@ -6,12 +6,11 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from conftest import make_config
 
 from spinepipe.constants import CONDITION_FAMILY, LEVELS
 from spinepipe.synth.generate import generate_dataset, study_ids
 from spinepipe.synth.labels import sample_labels
-
-from conftest import make_config
 
 
 def _draw(priors, correlation: float, n: int, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:

@@ -5,8 +5,13 @@ import polars as pl
 
 from spinepipe.dataset import read_coordinates
 from spinepipe.logs import setup_logging
-from spinepipe.xref import (annotation_points, axial_cross_reference, level_points, slice_reader,
-                            stack_geometries)
+from spinepipe.xref import (
+                            annotation_points,
+                            axial_cross_reference,
+                            level_points,
+                            slice_reader,
+                            stack_geometries,
+)
 
 setup_logging(snakemake.log[0])
 instances = pl.read_parquet(snakemake.input.instances)

@@ -7,8 +7,12 @@ from pathlib import Path
 import polars as pl
 
 from spinepipe.dataset import read_coordinates
-from spinepipe.localize.coordinates import (error_summary, merge_coordinates, plot_label_noise,
-                                            predicted_coordinates)
+from spinepipe.localize.coordinates import (
+                                            error_summary,
+                                            merge_coordinates,
+                                            plot_label_noise,
+                                            predicted_coordinates,
+)
 from spinepipe.logs import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -15,8 +15,8 @@ from spinepipe.classify.data import CropDataset, family_samples
 from spinepipe.classify.evaluate import LOGITS
 from spinepipe.classify.pipeline import load_model, predictions_frame
 from spinepipe.classify.training import make_loader
-from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
 from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS
+from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
 from spinepipe.metric import prior_predictions
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,8 +16,16 @@ import torch
 import yaml
 
 from spinepipe import checkpoints
-from spinepipe.classify.data import (CropDataset, Sample, attach_predicted, build_augment, family_samples,
-                                     label_targets, n_outputs, n_views)
+from spinepipe.classify.data import (
+    CropDataset,
+    Sample,
+    attach_predicted,
+    build_augment,
+    family_samples,
+    label_targets,
+    n_outputs,
+    n_views,
+)
 from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history

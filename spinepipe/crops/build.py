@@ -63,7 +63,7 @@ def _plan_view(study_id: int, level: str, view: View, points: pl.DataFrame,
                     source="+".join(sorted(set(same["source"].to_list()))))
     elif view.series_description == AXIAL_T2 and canal_point is not None and study_axials:
         # no axial point: the sagittal canal point projected onto the nearest axial slice
-        best = min(((abs(geometries[s].nearest(canal_point)[1]), s) for s in study_axials))
+        best = min((abs(geometries[s].nearest(canal_point)[1]), s) for s in study_axials)
         series_id = best[1]
         index, _ = geometries[series_id].nearest(canal_point)
         x, y = geometries[series_id].to_pixel(index, canal_point)

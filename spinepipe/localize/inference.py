@@ -20,12 +20,27 @@ import polars as pl
 import torch
 
 from spinepipe import checkpoints
-from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from spinepipe.constants import (
+    AXIAL_T2,
+    CONDITION_NAMES,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+)
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.decode import DECODE_DEFAULTS, MapFrames, check_decode, decode_levels
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
-from spinepipe.localize.samples import (LEVEL_INDEX, POINTS_PER_TASK, SIDES, SLICE_TARGETS, TASK_OF, crop,
-                                        downsample_stack, flip_columns)
+from spinepipe.localize.samples import (
+    LEVEL_INDEX,
+    POINTS_PER_TASK,
+    SIDES,
+    SLICE_TARGETS,
+    TASK_OF,
+    crop,
+    downsample_stack,
+    flip_columns,
+)
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
 

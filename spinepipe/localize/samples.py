@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import polars as pl
 
-from spinepipe.constants import AXIAL_T2, CONDITION_NAMES, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from spinepipe.constants import (
+    AXIAL_T2,
+    CONDITION_NAMES,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+)
 from spinepipe.localize.stacks import StackCache
 
 LEVEL_INDEX = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}

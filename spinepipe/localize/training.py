@@ -20,6 +20,7 @@ from spinepipe.localize.samples import PointSample, SliceSample
 from spinepipe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")  # default device of the evaluation helpers
 
 
 def _augmenter(cfg: dict[str, Any]) -> A.Compose:
@@ -74,7 +75,7 @@ def _schedule(optimizer, epochs: int, steps_per_epoch: int, warmup: int = 1):
 
 
 def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int,
-                    device: torch.device = torch.device("cpu")) -> dict[str, float]:
+                    device: torch.device = CPU) -> dict[str, float]:
     model.eval()
     errors, losses = [], []
     with torch.no_grad():
@@ -137,7 +138,7 @@ def _slice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_slices(model: SliceModel, samples: list[SliceSample],
-                    device: torch.device = torch.device("cpu")) -> dict[str, float]:
+                    device: torch.device = CPU) -> dict[str, float]:
     model.eval()
     hits, near, losses = [], [], []
     with torch.no_grad():

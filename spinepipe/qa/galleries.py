@@ -42,12 +42,35 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from spinepipe.constants import (AXIAL_T2, CONDITION_FAMILY, CONDITION_NAMES, CONDITIONS,
-                                 LEVEL_NAMES, LEVELS, SUBMISSION_COLUMNS)
-from spinepipe.qa.sheet import (_GAP, _LABEL_BOX, CROP_ROWS, CropMontage,
-                                ImagePanel, StudyInputs, _canal_panel, _draw_montage, _draw_panel,
-                                _located, _midline, _pairs, _panel, _pyplot, _wrap, crop_montage,
-                                plan_sheet, sagittal_side_text)
+from spinepipe.constants import (
+    AXIAL_T2,
+    CONDITION_FAMILY,
+    CONDITION_NAMES,
+    CONDITIONS,
+    LEVEL_NAMES,
+    LEVELS,
+    SUBMISSION_COLUMNS,
+)
+from spinepipe.qa.sheet import (
+    _GAP,
+    _LABEL_BOX,
+    CROP_ROWS,
+    CropMontage,
+    ImagePanel,
+    StudyInputs,
+    _canal_panel,
+    _draw_montage,
+    _draw_panel,
+    _located,
+    _midline,
+    _pairs,
+    _panel,
+    _pyplot,
+    _wrap,
+    crop_montage,
+    plan_sheet,
+    sagittal_side_text,
+)
 
 log = logging.getLogger(__name__)
 

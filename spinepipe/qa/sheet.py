@@ -43,8 +43,17 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from spinepipe.constants import (AXIAL_T2, CONDITION_NAMES, CONDITIONS, LEVEL_NAMES, LEVELS,
-                                 SAGITTAL_T1, SAGITTAL_T2, SEVERITIES, SUBMISSION_COLUMNS)
+from spinepipe.constants import (
+    AXIAL_T2,
+    CONDITION_NAMES,
+    CONDITIONS,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SEVERITIES,
+    SUBMISSION_COLUMNS,
+)
 from spinepipe.geometry import StackGeometry
 
 # Patient directions (LPS: +x left, +y posterior, +z superior): the name of each axis'
@@ -709,7 +718,7 @@ def _draw_panel(ax, panel: ImagePanel) -> None:
             text += f"  {pair.distance_mm:.1f} mm"
         ax.text(anchor.x + 0.04 * w, anchor.y, text, fontsize=6, color="white", va="center",
                 clip_on=True, bbox=_LABEL_BOX)
-    for x, y, label in panel.markers:
+    for x, y, _label in panel.markers:
         ax.scatter([x], [y], s=30, marker="+", c="#0a84ff", linewidths=1.0)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)

@@ -19,8 +19,19 @@ import polars as pl
 from tqdm import tqdm
 
 from spinepipe.constants import (
-    AXIAL_T2, CONDITION_FAMILY, CONDITION_NAMES, CONDITION_SIDE, CONDITIONS, LABEL_COLUMNS,
-    LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2, SEVERITIES, SUBMISSION_COLUMNS, row_id,
+    AXIAL_T2,
+    CONDITION_FAMILY,
+    CONDITION_NAMES,
+    CONDITION_SIDE,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SEVERITIES,
+    SUBMISSION_COLUMNS,
+    row_id,
 )
 from spinepipe.synth.anatomy import SpineAnatomy, random_anatomy
 from spinepipe.synth.dicom_writer import build_dataset, write_dataset

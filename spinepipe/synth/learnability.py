@@ -21,8 +21,15 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from spinepipe.constants import (
-    CONDITION_FAMILY, CONDITION_SIDE, CONDITIONS, FAMILY_SERIES, LEVEL_NAMES, LEVELS, SEVERITIES,
-    SUBMISSION_COLUMNS, row_id,
+    CONDITION_FAMILY,
+    CONDITION_SIDE,
+    CONDITIONS,
+    FAMILY_SERIES,
+    LEVEL_NAMES,
+    LEVELS,
+    SEVERITIES,
+    SUBMISSION_COLUMNS,
+    row_id,
 )
 from spinepipe.dataset import read_labels, read_series_descriptions
 from spinepipe.dicom_io import SeriesReadError, SeriesVolume, read_series
