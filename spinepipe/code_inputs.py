@@ -11,6 +11,7 @@ importing ``spinepipe.a.b`` executes ``spinepipe/__init__.py`` and ``spinepipe/a
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -89,3 +90,14 @@ def import_closure(script: Path, package_dir: Path) -> list[Path]:
     ``package_dir`` is the package's folder (``<repo>/spinepipe``); the script itself is not
     included (Snakemake tracks a rule's script on its own)."""
     return sorted(_closure(script.resolve(), package_dir.resolve()))
+
+
+def code_digest(module_file: Path) -> str:
+    """SHA-256 over a module and every package module it can execute, for caches and resume
+    states that must not outlive a change of the code that made them."""
+    module_file = module_file.resolve()
+    package_dir = next(p for p in module_file.parents if p.name == PACKAGE)
+    digest = hashlib.sha256()
+    for path in [module_file, *import_closure(module_file, package_dir)]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

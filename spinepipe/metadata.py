@@ -33,7 +33,7 @@ import polars as pl
 import pydicom
 from tqdm import tqdm
 
-from spinepipe.code_inputs import import_closure
+from spinepipe.code_inputs import code_digest
 from spinepipe.constants import AXIAL_T2, SERIES_DESCRIPTIONS
 from spinepipe.geometry import slice_normal
 
@@ -243,11 +243,7 @@ def _code_fingerprint() -> str:
     """Hash of the code a cache entry depends on: this module and every package module it
     can execute (its import closure, derived as the workflow's code inputs are) plus the
     pydicom version, so a code change invalidates the cache without a hand-kept list."""
-    digest = hashlib.sha256(pydicom.__version__.encode())
-    here = Path(__file__).resolve()
-    for module_file in [here, *import_closure(here, here.parent)]:
-        digest.update(module_file.read_bytes())
-    return digest.hexdigest()
+    return hashlib.sha256(f"{pydicom.__version__} {code_digest(Path(__file__))}".encode()).hexdigest()
 
 
 CODE_FINGERPRINT = _code_fingerprint()

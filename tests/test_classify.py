@@ -392,3 +392,24 @@ def test_spinal_flip_stays_on_the_images_device():
     in for the GPU here (same device check, no GPU needed)."""
     images = torch.zeros(2, 6, 8, 8, device="meta")
     assert flip_spinal(images, 2).device.type == "meta"
+
+
+def test_resume_fingerprint_follows_the_crop_data(tmp_path):
+    """A killed training job resumes only on the same data: new crop rows, labels or a
+    rewritten crop array give another digest (and so a fresh start)."""
+    import os
+
+    from spinepipe.classify.pipeline import _data_digest
+
+    array = tmp_path / "shard0.npy"
+    np.save(array, np.zeros((2, 3), dtype=np.float32))
+    index = pl.DataFrame({"row": [0, 1], "study_id": [1, 2], "array": [str(array)] * 2})
+    labels = pl.DataFrame({"study_id": [1, 2], "spinal_canal_stenosis_l1_l2": ["Normal/Mild"] * 2})
+    base = _data_digest(index, None, labels)
+    assert _data_digest(index, None, labels) == base
+    assert _data_digest(index.with_columns(row=pl.Series([1, 0])), None, labels) != base
+    assert _data_digest(index, None, labels.with_columns(study_id=pl.Series([1, 3]))) != base
+    assert _data_digest(index, index, labels) != base
+    stat = array.stat()
+    os.utime(array, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # crops cut again
+    assert _data_digest(index, None, labels) != base

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY
 
-from spinepipe.code_inputs import import_closure
+from spinepipe.code_inputs import code_digest, import_closure
 
 # Every rule of the workflow with its script and its `code` input, from the loaded workflow.
 LIST_RULES = textwrap.dedent("""
@@ -242,3 +242,17 @@ def test_editing_a_deep_module_plans_exactly_the_rules_that_execute_it(built_cop
         edited.write_text(original)
     assert planned == executes, {"planned, not executing it": planned - executes,
                                  "executing it, not planned": executes - planned}
+
+
+def test_code_digest_changes_with_any_module_of_the_closure(tmp_path):
+    package = tmp_path / "spinepipe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "top.py").write_text("from spinepipe import deep\n")
+    (package / "deep.py").write_text("x = 1\n")
+    (package / "other.py").write_text("y = 1\n")
+    before = code_digest(package / "top.py")
+    (package / "other.py").write_text("y = 2\n")  # not imported: same digest
+    assert code_digest(package / "top.py") == before
+    (package / "deep.py").write_text("x = 2\n")
+    assert code_digest(package / "top.py") != before

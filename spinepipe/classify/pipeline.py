@@ -30,6 +30,7 @@ from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
+from spinepipe.code_inputs import code_digest
 from spinepipe.constants import SUBMISSION_COLUMNS
 from spinepipe.devices import resolve_device
 from spinepipe.metric import labels_to_long
@@ -82,6 +83,22 @@ def family_metric(class_weights: np.ndarray):
     return metric
 
 
+def _data_digest(index: pl.DataFrame, predicted_index: pl.DataFrame | None,
+                 labels: pl.DataFrame) -> str:
+    """Digest of the training data: the rows of the crop indexes and labels, and the size and
+    mtime of every crop array they point to."""
+    digest = hashlib.sha256()
+    for frame in (index, predicted_index, labels):
+        if frame is not None:
+            digest.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+            if "array" in frame.columns:
+                for array in sorted(frame["array"].drop_nulls().unique().to_list()):
+                    if Path(array).is_file():
+                        stat = Path(array).stat()
+                        digest.update(f"{array} {stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFrame,
                folds: pl.DataFrame, crop_cfg: dict[str, Any], cfg: dict[str, Any], seed: int,
                tracking: dict[str, Any], parent_run_id: str | None, out_model: Path,
@@ -121,9 +138,12 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     val_set = CropDataset(val, data_cfg, train=False)
     seed_everything(fold_seed)  # the initial weights too derive from the seed
     model = build_model(family, crop_cfg, cfg)
+    # what a resumed state must share with this job: settings, data (crop rows, labels, the
+    # crop arrays' identity) and the code, so a killed job edited or fed new crops restarts
     fingerprint = hashlib.sha256(json.dumps(
-        [family, fold, seed, cfg, crop_cfg, jitter, with_twin, sorted(s.study_id for s in train)], sort_keys=True,
-        default=str).encode()).hexdigest()
+        [family, fold, seed, cfg, crop_cfg, jitter, with_twin, sorted(s.study_id for s in train),
+         _data_digest(index, predicted_index, labels), code_digest(Path(__file__))],
+        sort_keys=True, default=str).encode()).hexdigest()
     params = {"family": family, "fold": fold, "n_train": len(train), "n_val": len(val),
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
               "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
