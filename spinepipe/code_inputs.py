@@ -39,7 +39,8 @@ def _module_name(path: Path, package_dir: Path) -> str:
     return ".".join([PACKAGE, *parts])
 
 
-def _imported_names(path: Path, package_dir: Path) -> set[str]:
+@cache  # each file is parsed once per process (the Snakefile asks for ~40 closures)
+def _imported_names(path: Path, package_dir: Path) -> frozenset[str]:
     """Dotted names a file imports (modules, or modules plus an attribute)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     inside = path.is_relative_to(package_dir)
@@ -61,7 +62,7 @@ def _imported_names(path: Path, package_dir: Path) -> set[str]:
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in names if name.split(".")[0] == PACKAGE}
+    return frozenset(name for name in names if name.split(".")[0] == PACKAGE)
 
 
 def _with_parent_packages(module: str) -> list[str]:
