@@ -21,7 +21,7 @@ import pydicom
 from spinepipe.config import deep_update, load_config
 from spinepipe.dataset import read_series_descriptions
 from spinepipe.metadata import parse_instances
-from spinepipe.synth.generate import generate_shard, merge_shards, shard_ranges
+from spinepipe.synth.generate import generate_shard, merge_shards, shard_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,11 +36,11 @@ def ensure_dataset(out: Path, studies: int, workers: int) -> None:
     if (out / "train_series_descriptions.csv").is_file():
         return
     config = deep_update(load_config(REPO / "config.yaml"),
-                         {"synthetic": {"n_train": studies, "n_test": 1, "studies_per_shard": 10}})
+                         {"synthetic": {"n_train": studies, "n_test": 1}})
     syn = config["synthetic"]
     jobs = [(syn, config["seed"], "train", r, out / "shards" / f"train_{i:04d}")
-            for i, r in enumerate(shard_ranges(studies, syn["studies_per_shard"]))]
-    jobs.append((syn, config["seed"], "test", range(1), out / "shards" / "test_0000"))
+            for i, r in enumerate(shard_indices(config["seed"], "train", studies, max(1, studies // 10)))]
+    jobs.append((syn, config["seed"], "test", [0], out / "shards" / "test_0000"))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         done = list(pool.map(_shard, jobs))
     merge_shards(done[:-1], done[-1:], out)

@@ -18,7 +18,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from spinepipe.config import deep_update, load_config
-from spinepipe.synth.generate import generate_shard, merge_shards, shard_ranges
+from spinepipe.synth.generate import generate_shard, merge_shards, shard_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,10 @@ def _shard(args: tuple) -> Path:
 
 
 def run(studies: int, workers: int, out: Path) -> float:
-    config = deep_update(load_config(REPO / "config.yaml"),
-                         {"synthetic": {"n_train": studies,
-                                        "studies_per_shard": max(1, studies // max(workers, 1))}})
+    config = deep_update(load_config(REPO / "config.yaml"), {"synthetic": {"n_train": studies}})
     syn = config["synthetic"]
     jobs = [(syn, config["seed"], r, out / "shards" / f"train_{i:04d}")
-            for i, r in enumerate(shard_ranges(studies, syn["studies_per_shard"]))]
+            for i, r in enumerate(shard_indices(config["seed"], "train", studies, max(workers, 1)))]
     start = time.perf_counter()
     # spawn, not fork: forked children inherit the parent's thread-pool locks and can hang
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:

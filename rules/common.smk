@@ -1,38 +1,96 @@
 # Shared helpers of the rule files (the functions live here, so the rule files hold rules only);
 # where the dataset lives, how synthetic studies are sharded, code inputs, seeds, the file
 # lists a rule gathers.
+import polars as pl
+
 from spinepipe.code_inputs import import_closure
-from spinepipe.synth.generate import shard_ranges
+from spinepipe.dataset import DatasetError, read_series_descriptions
+from spinepipe.synth.generate import SPLIT_CSVS, TRUTH_CSVS, shard_indices
 
 SYNTHETIC = not config["data_dir"]
 SYNTHETIC_DIR = Path("results/synthetic")
 DATA_DIR = SYNTHETIC_DIR if SYNTHETIC else Path(config["data_dir"])
-SYNTHETIC_CSVS = [
-    "train.csv",
-    "train_label_coordinates.csv",
-    "train_series_descriptions.csv",
-    "test_series_descriptions.csv",
-    "sample_submission.csv",
-    "test_labels.csv",
-    "level_centers.csv",
-    "quirks.csv",
-]
+SYNTHETIC_CSVS = [*SPLIT_CSVS["train"], *SPLIT_CSVS["test"], *TRUTH_CSVS]
+SPLITS = ("train", "test")
+# Per-study stages (synthesis, header parse, localizer stacks and inference) run one job per
+# split and shard; a study's shard is study_id % SHARDS, so a new study touches one shard.
+SHARDS = config["metadata"]["shards"]
 
 
 def synthetic_shards(split):
-    syn = config["synthetic"]
-    ranges = shard_ranges(syn[f"n_{split}"], syn["studies_per_shard"])
-    return [str(SYNTHETIC_DIR / "shards" / f"{split}_{i:04d}") for i in range(len(ranges))]
+    return [str(SYNTHETIC_DIR / "shards" / f"{split}_{k:04d}") for k in range(SHARDS)]
 
 
 def shard_settings(wildcards):
-    """What one shard's content depends on: not the total study count, so adding a study
-    reruns only its own shard."""
+    """What one synthetic shard's content depends on: its studies' indices and the
+    generator's settings, not the total study count (a new study changes only its shard)."""
     syn = {k: v for k, v in config["synthetic"].items() if k not in ("n_train", "n_test")}
-    ranges = shard_ranges(config["synthetic"][f"n_{wildcards.split}"], syn["studies_per_shard"])
-    indices = ranges[int(wildcards.shard)]
-    return {"seed": config["seed"], "synthetic": syn, "start": indices.start, "stop": indices.stop}
+    split = wildcards.split
+    indices = shard_indices(config["seed"], split, config["synthetic"][f"n_{split}"], SHARDS)
+    return {"seed": config["seed"], "synthetic": syn, "indices": indices[int(wildcards.shard)]}
 
+
+def _source_series_table(split):
+    """The series rows of a split's source CSV (a real data_dir), read when the workflow is
+    parsed: shard membership must be known before any job runs."""
+    path = DATA_DIR / f"{split}_series_descriptions.csv"
+    if not path.is_file():
+        raise WorkflowError(f"{path}: missing (data_dir {DATA_DIR} must hold the competition CSVs)")
+    try:
+        return read_series_descriptions(path)
+    except DatasetError as error:
+        raise WorkflowError(str(error)) from error
+
+
+_SOURCE_TABLES = {}
+
+
+def shard_rows(split, shard):
+    """The (study_id, series_id, series_description) rows of one shard of a real dataset's
+    split, as a string: a params value, so a job reruns when its own rows change and never
+    for another shard's."""
+    if split not in _SOURCE_TABLES:
+        _SOURCE_TABLES[split] = _source_series_table(split)
+    table = _SOURCE_TABLES[split]
+    mine = table.filter((pl.col("study_id") % SHARDS) == int(shard)).sort("study_id", "series_id")
+    return mine.select("study_id", "series_id", "series_description").write_csv()
+
+
+def instances_shard_source(wildcards):
+    """Where one header-parse shard's studies come from: its synthesis shard (images and
+    series rows), or the real dataset's series CSV (ancient: its rows are in params; the
+    images are read through the header cache)."""
+    if SYNTHETIC:
+        return {
+            "source": str(
+                SYNTHETIC_DIR / "shards" / f"{wildcards.split}_{int(wildcards.shard):04d}"
+            )
+        }
+    return {"source": ancient(dataset_file(f"{wildcards.split}_series_descriptions.csv"))}
+
+
+def instances_shard_rows(wildcards):
+    return "" if SYNTHETIC else shard_rows(wildcards.split, wildcards.shard)
+
+
+def localize_shard_inputs(wildcards):
+    """One localization shard's own stacks and header rows; the folds for train (each study
+    is localized by the models of the fold that held it out)."""
+    split, shard = wildcards.split, wildcards.shard
+    inputs = {
+        "stacks": f"results/localize/stacks/{split}/shard{shard}/index.parquet",
+        "arrays": f"results/localize/stacks/{split}/shard{shard}/stacks.npy",
+        "instances": f"results/metadata/{split}/instances_{shard}.parquet",
+        "series": f"results/metadata/{split}/series_{shard}.parquet",
+    }
+    if split == "train":
+        inputs["folds"] = "results/folds.parquet"
+    return inputs
+
+
+# MLflow dataset records of both splits (rule dataset_record), logged by the evaluation runs
+DATASET_RECORDS = [f"results/tracking/datasets_{split}.json" for split in SPLITS]
+RECORD_CSVS = {"train": SPLIT_CSVS["train"], "test": ("test_series_descriptions.csv",)}
 
 PACKAGE_DIR = Path(workflow.basedir) / "spinepipe"
 SCRIPTS_DIR = Path(workflow.basedir) / "workflow_scripts"

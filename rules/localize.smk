@@ -4,24 +4,26 @@
 
 rule localizer_stacks:
     input:
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        # this shard's own header rows: a study elsewhere never reruns it
+        instances="results/metadata/{split}/instances_{shard}.parquet",
+        series="results/metadata/{split}/series_{shard}.parquet",
         code=script_code("localizer_stacks"),
     output:
-        index="results/localize/stacks/{split}/index.parquet",
-        # one <series_id>.npz per decoded series (the index's path column)
-        stacks=directory("results/localize/stacks/{split}/series"),
+        index="results/localize/stacks/{split}/shard{shard}/index.parquet",
+        # every slice of the shard's series, (n, size, size) float16; the index locates them
+        stacks="results/localize/stacks/{split}/shard{shard}/stacks.npy",
     log:
-        "logs/localize/stacks_{split}.log",
+        "logs/localize/stacks_{split}_{shard}.log",
     benchmark:
-        "results/benchmarks/localize/stacks_{split}.tsv"
+        "results/benchmarks/localize/stacks_{split}_{shard}.tsv"
     wildcard_constraints:
         split="train|test",
+        shard=r"\d+",
     conda:
         "../envs/pipeline.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=1000,
         runtime=60,
     params:
         size=config["localize"]["image_size"],
@@ -29,16 +31,41 @@ rule localizer_stacks:
         "../workflow_scripts/localizer_stacks.py"
 
 
+rule stacks_index:
+    input:
+        indexes=expand(
+            "results/localize/stacks/{{split}}/shard{shard}/index.parquet", shard=range(SHARDS)
+        ),
+        code=script_code("stacks_index"),
+    output:
+        "results/localize/stacks/{split}/index.parquet",
+    log:
+        "logs/localize/stacks_index_{split}.log",
+    benchmark:
+        "results/benchmarks/localize/stacks_index_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/stacks_index.py"
+
+
 rule train_localizer:
     input:
         stacks="results/localize/stacks/train/index.parquet",
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        # train studies only: a new test study never retrains the localizers
+        instances="results/metadata/train/instances.parquet",
+        series="results/metadata/train/series.parquet",
         xref="results/metadata/axial_xref.parquet",
         folds="results/folds.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
         tracking="results/tracking/experiment.txt",
-        datasets="results/tracking/datasets.json",
+        datasets="results/tracking/datasets_train.json",
         code=script_code("train_localizer"),
     output:
         model="results/localize/models/{kind}_{task}_fold{fold}.pt",
@@ -66,31 +93,57 @@ rule train_localizer:
 
 rule localize:
     input:
+        unpack(localize_shard_inputs),
         models=localizer_checkpoints(),
-        stacks="results/localize/stacks/{split}/index.parquet",
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
-        folds="results/folds.parquet",
         code=script_code("localize"),
     output:
-        predictions="results/localize/predictions_{split}.parquet",
-        reasons="results/localize/unlocalized_{split}.csv",
+        predictions="results/localize/{split}/shard{shard}/predictions.parquet",
+        reasons="results/localize/{split}/shard{shard}/unlocalized.csv",
     log:
-        "logs/localize/localize_{split}.log",
+        "logs/localize/localize_{split}_{shard}.log",
     benchmark:
-        "results/benchmarks/localize/localize_{split}.tsv"
+        "results/benchmarks/localize/localize_{split}_{shard}.tsv"
     wildcard_constraints:
         split="train|test",
+        shard=r"\d+",
     conda:
         "../envs/pipeline.yaml"
     threads: config["localize"]["threads"]
     resources:
-        mem_mb=6000,
+        mem_mb=3000,
         runtime=60,
     params:
         cfg=config["localize"] | {"foramen_offset_mm": config["geometry"]["foramen_offset_mm"]},
     script:
         "../workflow_scripts/localize.py"
+
+
+rule localize_merge:
+    input:
+        predictions=expand(
+            "results/localize/{{split}}/shard{shard}/predictions.parquet", shard=range(SHARDS)
+        ),
+        reasons=expand(
+            "results/localize/{{split}}/shard{shard}/unlocalized.csv", shard=range(SHARDS)
+        ),
+        code=script_code("localize_merge"),
+    output:
+        predictions="results/localize/predictions_{split}.parquet",
+        reasons="results/localize/unlocalized_{split}.csv",
+    log:
+        "logs/localize/localize_merge_{split}.log",
+    benchmark:
+        "results/benchmarks/localize/localize_merge_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/localize_merge.py"
 
 
 rule coordinates:
@@ -142,7 +195,7 @@ rule localize_eval:
         series="results/metadata/series.parquet",
         centers=str(SYNTHETIC_DIR / "level_centers.csv"),
         tracking="results/tracking/experiment.txt",
-        datasets="results/tracking/datasets.json",
+        datasets=DATASET_RECORDS,
         code=script_code("localize_eval"),
     output:
         report(

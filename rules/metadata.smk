@@ -3,10 +3,12 @@
 
 rule instances_shard:
     input:
-        series=lambda w: dataset_file(f"{w.split}_series_descriptions.csv"),
+        unpack(instances_shard_source),
         code=script_code("instances_shard"),
     output:
-        "results/metadata/{split}/instances_{shard}.parquet",
+        instances="results/metadata/{split}/instances_{shard}.parquet",
+        # its series summarized (geometry, order by position), as metadata.parquet's rows
+        series="results/metadata/{split}/series_{shard}.parquet",
     log:
         "logs/metadata/instances_{split}_{shard}.log",
     benchmark:
@@ -21,22 +23,45 @@ rule instances_shard:
         mem_mb=2000,
         runtime=60,
     params:
-        data_dir=lambda w, input: str(Path(input.series).parent),
-        shards=config["metadata"]["shards"],
+        # a real dataset's rows of this shard (CSV text); empty for a synthesis shard
+        rows=instances_shard_rows,
+        data_dir=str(DATA_DIR),
+        synthetic=SYNTHETIC,
         cache_dir=lambda w: f"results/metadata/cache/{w.split}",
     script:
         "../workflow_scripts/instances_shard.py"
 
 
-rule metadata:
+rule metadata_split:
     input:
         instances=expand(
-            "results/metadata/{split}/instances_{shard}.parquet",
-            split=["train", "test"],
-            shard=range(config["metadata"]["shards"]),
+            "results/metadata/{{split}}/instances_{shard}.parquet", shard=range(SHARDS)
         ),
-        train_series=dataset_file("train_series_descriptions.csv"),
-        test_series=dataset_file("test_series_descriptions.csv"),
+        series=expand("results/metadata/{{split}}/series_{shard}.parquet", shard=range(SHARDS)),
+        code=script_code("metadata"),
+    output:
+        instances="results/metadata/{split}/instances.parquet",
+        series="results/metadata/{split}/series.parquet",
+    log:
+        "logs/metadata/metadata_{split}.log",
+    benchmark:
+        "results/benchmarks/metadata/metadata_{split}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/metadata.py"
+
+
+use rule metadata_split as metadata with:
+    input:
+        instances=expand("results/metadata/{split}/instances.parquet", split=SPLITS),
+        series=expand("results/metadata/{split}/series.parquet", split=SPLITS),
         code=script_code("metadata"),
     output:
         instances="results/metadata/instances.parquet",
@@ -49,14 +74,6 @@ rule metadata:
         "logs/metadata/metadata.log",
     benchmark:
         "results/benchmarks/metadata/metadata.tsv"
-    conda:
-        "../envs/pipeline.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    script:
-        "../workflow_scripts/metadata.py"
 
 
 rule axial_xref:

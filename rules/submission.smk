@@ -69,7 +69,7 @@ rule cv_report:
         labels=dataset_file("train.csv"),
         test_labels=[str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else [],
         parent="results/train/parent_run.json",
-        datasets="results/tracking/datasets.json",
+        datasets="results/tracking/datasets_test.json",
         code=script_code("cv_report"),
     output:
         report("results/eval/cv.json", caption="../report/cv.rst", category="Evaluation"),

@@ -25,20 +25,58 @@ rule synthesize_shard:
         "../workflow_scripts/synthesize_shard.py"
 
 
-rule synthesize:
+rule synthesize_train:
+    input:
+        shards=synthetic_shards("train"),
+        code=script_code("synthesize_merge"),
+    output:
+        # per split, so a new test study leaves the train files (and their consumers) alone
+        csvs=[str(SYNTHETIC_DIR / name) for name in SPLIT_CSVS["train"]],
+        # hard links to the shards' images (os.link; copies where links are refused)
+        images=directory(str(SYNTHETIC_DIR / "train_images")),
+    log:
+        "logs/synthesize/merge_train.log",
+    benchmark:
+        "results/benchmarks/synthesize/merge_train.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        split="train",
+    script:
+        "../workflow_scripts/synthesize_merge.py"
+
+
+use rule synthesize_train as synthesize_test with:
+    input:
+        shards=synthetic_shards("test"),
+        code=script_code("synthesize_merge"),
+    output:
+        csvs=[str(SYNTHETIC_DIR / name) for name in SPLIT_CSVS["test"]],
+        images=directory(str(SYNTHETIC_DIR / "test_images")),
+    log:
+        "logs/synthesize/merge_test.log",
+    benchmark:
+        "results/benchmarks/synthesize/merge_test.tsv"
+    params:
+        split="test",
+
+
+rule synthesize_truth:
     input:
         train=synthetic_shards("train"),
         test=synthetic_shards("test"),
-        code=script_code("synthesize_merge"),
+        code=script_code("synthesize_truth"),
     output:
-        csvs=[str(SYNTHETIC_DIR / name) for name in SYNTHETIC_CSVS],
-        # hard links to the shards' images (os.link; copies where links are refused)
-        train_images=directory(str(SYNTHETIC_DIR / "train_images")),
-        test_images=directory(str(SYNTHETIC_DIR / "test_images")),
+        # the generator's ground truth (true level centres, injected quirks) for the evaluations
+        [str(SYNTHETIC_DIR / name) for name in TRUTH_CSVS],
     log:
-        "logs/synthesize/merge.log",
+        "logs/synthesize/truth.log",
     benchmark:
-        "results/benchmarks/synthesize/merge.tsv"
+        "results/benchmarks/synthesize/truth.tsv"
     conda:
         "../envs/pipeline.yaml"
     threads: 1
@@ -46,14 +84,15 @@ rule synthesize:
         mem_mb=2000,
         runtime=10,
     script:
-        "../workflow_scripts/synthesize_merge.py"
+        "../workflow_scripts/synthesize_truth.py"
 
 
 rule synthetic_learnability:
     input:
-        dataset=rules.synthesize.output.csvs,
-        train_images=rules.synthesize.output.train_images,
-        test_images=rules.synthesize.output.test_images,
+        dataset=[*rules.synthesize_train.output.csvs, *rules.synthesize_test.output.csvs],
+        truth=rules.synthesize_truth.output,
+        train_images=rules.synthesize_train.output.images,
+        test_images=rules.synthesize_test.output.images,
         code=script_code("synthetic_learnability"),
     output:
         report(

@@ -24,14 +24,17 @@ rule tracking_init:
 
 rule dataset_record:
     input:
-        csvs=[dataset_file(name) for name in SYNTHETIC_CSVS[:4]],
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        # per split: a new test study leaves the training runs' record (and them) alone
+        csvs=lambda w: [dataset_file(name) for name in RECORD_CSVS[w.split]],
+        instances="results/metadata/{split}/instances.parquet",
+        series="results/metadata/{split}/series.parquet",
         code=script_code("dataset_record"),
     output:
-        "results/tracking/datasets.json",
+        "results/tracking/datasets_{split}.json",
     log:
-        "logs/dataset/record.log",
+        "logs/dataset/record_{split}.log",
+    wildcard_constraints:
+        split="train|test",
     conda:
         "../envs/pipeline.yaml"
     threads: 1

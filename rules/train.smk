@@ -15,7 +15,7 @@ rule train_parent_run:
     input:
         code=script_code("train_parent_run"),
         tracking="results/tracking/experiment.txt",
-        datasets="results/tracking/datasets.json",
+        datasets=DATASET_RECORDS,
     output:
         "results/train/parent_run.json",
     log:
@@ -49,7 +49,7 @@ rule train_model:
         labels=dataset_file("train.csv"),
         folds="results/folds.parquet",
         parent="results/train/parent_run.json",
-        datasets="results/tracking/datasets.json",
+        datasets="results/tracking/datasets_train.json",
         code=script_code("train_model"),
     output:
         model="results/train/models/{family}_fold{fold}.pt",
@@ -118,7 +118,7 @@ rule cv_eval:
         unlocalized="results/localize/unlocalized_train.csv",
         series="results/metadata/series.parquet",
         parent="results/train/parent_run.json",
-        datasets="results/tracking/datasets.json",
+        datasets="results/tracking/datasets_train.json",
         code=script_code("cv_eval"),
     output:
         cv="results/eval/cv_oof.json",

@@ -56,3 +56,7 @@ LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in
 def row_id(study_id: int, condition: str, level: str) -> str:
     """Submission row id, e.g. ``4003253_spinal_canal_stenosis_l1_l2``."""
     return f"{study_id}_{condition}_{level}"
+
+# Where a synthetic shard folder keeps its studies' images (<shard>/images/<study>/<series>/);
+# the pipeline reads them there, and <split>_images holds hard links to the same files.
+SHARD_IMAGES = "images"

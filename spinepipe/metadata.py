@@ -249,9 +249,11 @@ def _code_fingerprint() -> str:
 CODE_FINGERPRINT = _code_fingerprint()
 
 
-def _study_fingerprint(files: list[Path]) -> str:
+def _study_fingerprint(study_dir: Path, files: list[Path]) -> str:
+    """The code, where the study lies (its rows hold paths: a moved folder is parsed again)
+    and each file's name, size and mtime."""
     stats = [(f"{p.parent.name}/{p.name}", p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return json.dumps([CODE_FINGERPRINT, stats])
+    return json.dumps([CODE_FINGERPRINT, str(study_dir.absolute()), stats])
 
 
 def _read_cache(cache: Path, fingerprint: str) -> pl.DataFrame | None:
@@ -289,7 +291,7 @@ def parse_study(study_dir: Path, series_ids: Iterable[int], cache_dir: Path | No
     study_id = int(study_dir.name)
     series_ids = sorted(set(series_ids))
     files = sorted(p for s in series_ids for p in (study_dir / str(s)).glob("*.dcm"))
-    fingerprint = _study_fingerprint(files)
+    fingerprint = _study_fingerprint(study_dir, files)
     cache = cache_dir / f"{study_id}.parquet" if cache_dir else None
     if cache is not None and (cached := _read_cache(cache, fingerprint)) is not None:
         return cached
@@ -446,13 +448,12 @@ def axial_series(series: pl.DataFrame) -> pl.DataFrame:
     return series.filter((pl.col("series_description") == AXIAL_T2) & pl.col("geometry_ok"))
 
 
-def shard_of(study_id: int, shards: int) -> int:
-    """Header-parse shard of a study: fixed by its id, so studies never move between shards."""
-    return study_id % shards
-
-
-def parse_shard(data_dir: Path, split: str, series_table: pl.DataFrame, shard: int,
-                shards: int, cache_dir: Path | None) -> pl.DataFrame:
-    mine = series_table.filter((pl.col("study_id") % shards) == shard)
-    return parse_instances(data_dir / f"{split}_images", mine, cache_dir).with_columns(
+def parse_shard(image_root: Path, split: str, series_table: pl.DataFrame,
+                cache_dir: Path | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Instance rows and series rows (``summarize_series``, with ``split``) of the studies of
+    ``series_table`` (one shard), their images under ``image_root/<study_id>/``."""
+    series_table = series_table.sort("study_id", "series_id")
+    instances = parse_instances(image_root, series_table, cache_dir).with_columns(
         split=pl.lit(split))
+    series = summarize_series(instances, series_table).with_columns(split=pl.lit(split))
+    return instances, series

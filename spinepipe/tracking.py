@@ -44,7 +44,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,13 +83,13 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def workflow_context(rule: str | None, config: Mapping[str, Any] | None = None,
-                     datasets_file: str | Path | None = None,
+                     datasets_file: str | Path | Iterable[str | Path] | None = None,
                      contexts: Mapping[str, str] | None = None) -> None:
     """Called by a rule's script before it creates runs: the runs name the rule as their
     source (``mlflow.source.name``, tag ``snakemake.rule``); unless given another parent,
     they nest under the root run of ``config`` (the whole ``snakemake.config``; see
-    :func:`root_run_id`); and they log the splits of ``datasets_file`` (rule
-    ``dataset_record``) named in ``contexts`` (split -> ``training`` / ``evaluation``) as
+    :func:`root_run_id`); and they log the splits of ``datasets_file`` (one or more of rule
+    ``dataset_record``'s per-split files) named in ``contexts`` (split -> ``training`` / ``evaluation``) as
     their MLflow dataset inputs. The config is read at run time, never a rule's param: a
     config change reruns only the stages that use the changed part, and those attach to the
     new configuration's root."""
@@ -97,7 +97,12 @@ def workflow_context(rule: str | None, config: Mapping[str, Any] | None = None,
 
     _CONTEXT.rule = rule
     _CONTEXT.config_hash = None if config is None else config_hash(config)
-    _CONTEXT.datasets = None if datasets_file is None else json.loads(Path(datasets_file).read_text())
+    if datasets_file is None:
+        _CONTEXT.datasets = None
+    else:
+        files = [datasets_file] if isinstance(datasets_file, str | Path) else list(datasets_file)
+        _CONTEXT.datasets = {split: record for f in files
+                             for split, record in json.loads(Path(f).read_text()).items()}
     _CONTEXT.contexts = dict(contexts or {})
 
 

@@ -41,11 +41,11 @@ def split_digest(data_dir: Path, split: str, instances: pl.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def dataset_records(data_dir: Path, name: str, instances: pl.DataFrame,
-                    series: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per split: ``{name, digest, source, split, profile}`` (JSON-ready)."""
+def dataset_records(data_dir: Path, name: str, instances: pl.DataFrame, series: pl.DataFrame,
+                    splits: tuple[str, ...] = tuple(SPLIT_CSVS)) -> dict[str, dict[str, Any]]:
+    """Per split of ``splits``: ``{name, digest, source, split, profile}`` (JSON-ready)."""
     records = {}
-    for split in SPLIT_CSVS:
+    for split in splits:
         files = instances.filter(pl.col("split") == split) if "split" in instances.columns else \
             instances.filter(pl.col("study_id").is_in(series.filter(pl.col("split") == split)["study_id"]))
         split_series = series.filter(pl.col("split") == split)

@@ -15,7 +15,6 @@ TINY = {
     "synthetic": {
         "n_train": 6,
         "n_test": 3,
-        "studies_per_shard": 3,
         "sagittal": {"matrix": [64, 80], "slices": [15, 17]},
         "axial": {"matrix": [64, 72]},
     },

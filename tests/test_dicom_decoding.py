@@ -201,11 +201,10 @@ def test_damaged_files_pass_the_header_check(damaged_study):
 
 
 def test_stacks_keep_a_series_with_one_lost_slice(damaged_study, tmp_path):
-    sizes = {d: 64 for d in damaged_study["table"]["series_description"].unique()}
     indices = {}
     for kind in ("intact", "damaged"):
         _, instances, series = damaged_study[kind]
-        indices[kind] = build_stacks(instances, series, sizes, tmp_path / kind)
+        indices[kind] = build_stacks(instances, series, 64, tmp_path / kind / "stacks.npy")
     intact, damaged = StackCache(indices["intact"]), StackCache(indices["damaged"])
     _, instances, series = damaged_study["damaged"]
     assert (indices["damaged"]["status"] == "ok").all()

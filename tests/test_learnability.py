@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 @pytest.mark.slow
 def test_simple_model_beats_the_prior_on_held_out_studies(tmp_path):
     config = make_config({"synthetic": {
-        "n_train": 36, "n_test": 16, "studies_per_shard": 52,
+        "n_train": 36, "n_test": 16,
         "sagittal": {"matrix": [96]}, "axial": {"matrix": [96]}}})
     generate_dataset(config, tmp_path / "synthetic")
     result = learnability_check(tmp_path / "synthetic")

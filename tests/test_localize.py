@@ -31,8 +31,7 @@ def _prepare(dataset: Path, split: str, tmp: Path):
     table = read_series_descriptions(dataset / f"{split}_series_descriptions.csv")
     instances = parse_instances(dataset / f"{split}_images", table)
     series = summarize_series(instances, table)
-    index = build_stacks(instances, series, {d: 64 for d in series["series_description"].unique()},
-                         tmp / f"stacks_{split}")
+    index = build_stacks(instances, series, 64, tmp / f"stacks_{split}" / "stacks.npy")
     return instances, series, index
 
 

@@ -296,10 +296,12 @@ def test_load_study_inputs_from_run_files(tmp_path):
     images = _images(N, 32, 1)
     # stack written in another order than the geometry's: matched by instance number
     order = np.arange(N)[::-1]
-    np.savez(tmp_path / f"{T2}.npz", images=images[order], instance_numbers=t2.instance_numbers[order],
-             scale=np.array([2.0, 2.0]), slice_ok=np.ones(N, bool))
-    stack_index = pl.DataFrame({"series_id": [T2, AX], "path": [str(tmp_path / f"{T2}.npz"), None],
-                                "status": ["ok", "unreadable"]})
+    np.save(tmp_path / "stacks.npy", images[order].astype(np.float16))
+    stack_index = pl.DataFrame({"series_id": [T2, AX], "path": [str(tmp_path / "stacks.npy"), None],
+                                "offset": [0, None], "n_slices": [N, 0],
+                                "instance_numbers": [t2.instance_numbers[order].tolist(), None],
+                                "slice_ok": [[True] * N, None], "scale_x": [2.0, None],
+                                "scale_y": [2.0, None], "status": ["ok", "unreadable"]})
     series = pl.DataFrame({"study_id": [STUDY, STUDY, 7], "series_id": [T2, AX, 99],
                            "series_description": [SAGITTAL_T2, AXIAL_T2, SAGITTAL_T1],
                            "geometry_ok": [True, True, True], "geometry_error": [None, None, None]})

@@ -63,7 +63,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def test_generation_is_deterministic_and_independent_of_sharding(tiny_dataset, tmp_path):
     dataset, config = tiny_dataset
-    resharded = make_config({"synthetic": {"studies_per_shard": 1}})
+    resharded = make_config({"metadata": {"shards": 1}})
     generate_dataset(resharded, tmp_path / "again")
     first, second = _digest(dataset), _digest(tmp_path / "again")
     assert first.keys() == second.keys()

@@ -19,6 +19,7 @@ from spinepipe import checkpoints
 from spinepipe.classify.end_to_end import check_no_leak
 from spinepipe.dataset import read_labels
 from spinepipe.metric import labels_to_long
+from spinepipe.synth.generate import study_ids
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
@@ -35,14 +36,23 @@ def planned_jobs(output: str) -> dict[str, int]:
             for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if m.group(1) != "total"}
 
 
+def study_folders(synthetic: Path, split: str, study: int) -> list[Path]:
+    """A synthetic study's folders: in its shard (what the pipeline reads) and the hard links
+    of <split>_images."""
+    return [synthetic / f"{split}_images" / str(study),
+            *synthetic.glob(f"shards/{split}_*/images/{study}")]
+
+
 def damage_test_study(synthetic: Path) -> dict[str, int]:
     """Delete one test study's axial series and corrupt one Sagittal T1 file of another."""
     table = pl.read_csv(synthetic / "test_series_descriptions.csv")
     studies = sorted(table["study_id"].unique().to_list())
     axial = table.filter((pl.col("study_id") == studies[0]) & (pl.col("series_description") == "Axial T2"))
-    for series_id in axial["series_id"]:
-        shutil.rmtree(synthetic / "test_images" / str(studies[0]) / str(series_id))
+    for folder in study_folders(synthetic, "test", studies[0]):
+        for series_id in axial["series_id"]:
+            shutil.rmtree(folder / str(series_id))
     t1 = table.filter((pl.col("study_id") == studies[1]) & (pl.col("series_description") == "Sagittal T1"))
+    # one inode behind both paths: truncating it damages the file wherever it is read
     victim = sorted((synthetic / "test_images" / str(studies[1]) / str(t1["series_id"][0])).glob("*.dcm"))[3]
     victim.write_bytes(victim.read_bytes()[:400])
     return {"no_axial": studies[0], "corrupt_t1": studies[1]}
@@ -286,7 +296,8 @@ def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
         assert test_run.metrics[key] == pytest.approx(cv[key]), key  # one row compares both
     assert "test_score" not in cv_run.metrics
     # the data each run trained and was evaluated on, as MLflow datasets
-    records = json.loads((results / "tracking" / "datasets.json").read_text())
+    records = {split: json.loads((results / "tracking" / f"datasets_{split}.json").read_text())[split]
+               for split in ("train", "test")}
     assert records["train"]["profile"]["studies"] == TINY["synthetic"]["n_train"]
     assert records["test"]["profile"]["studies"] == TINY["synthetic"]["n_test"]
 
@@ -443,17 +454,41 @@ def test_second_run_does_nothing(workflow_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def planned_wildcards(output: str) -> dict[str, list[str]]:
+    """Rule -> the wildcards line of each job a dry run plans."""
+    planned: dict[str, list[str]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        head = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if head:
+            found = re.search(r"^\s+wildcards: (.+)$", block, re.MULTILINE)
+            planned.setdefault(head.group(1), []).append(found.group(1) if found else "")
+    return planned
+
+
 @pytest.mark.slow
-def test_adding_a_study_reruns_only_its_shard(workflow_run):
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_adding_a_study_reruns_only_its_shard(workflow_run, split):
+    """One more study: every per-study stage (rendering, header parse, localizer stacks and,
+    for a test study, localizer inference) reruns for its shard only; a test study leaves
+    the localizer models as they are (a train study changes the folds, so they retrain)."""
     workflow_run, _ = workflow_run
-    grown = {"synthetic": {**TINY["synthetic"], "n_train": TINY["synthetic"]["n_train"] + 1}}
-    (workflow_run / "grown.yaml").write_text(yaml.safe_dump(grown))
-    result = snakemake(workflow_run, "--configfile", "grown.yaml", "--dry-run")
+    config = make_config()
+    count, shards = TINY["synthetic"][f"n_{split}"], config["metadata"]["shards"]
+    new_study = study_ids(config["seed"], split, count + 1)[-1]
+    shard = new_study % shards
+    (workflow_run / "grown.yaml").write_text(yaml.safe_dump({"synthetic": {f"n_{split}": count + 1}}))
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", "grown.yaml", "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
-    jobs = planned_jobs(result.stdout)
-    assert jobs.get("synthesize_shard") == 1, jobs
-    assert "split=train, shard=0002" in result.stdout
-    assert "shard=0000" not in result.stdout and "shard=0001" not in result.stdout
+    planned = planned_wildcards(result.stdout)
+    assert planned["synthesize_shard"] == [f"split={split}, shard={shard:04d}"], planned
+    for rule in ("instances_shard", "localizer_stacks"):
+        assert planned[rule] == [f"split={split}, shard={shard}"], (rule, planned.get(rule))
+    if split == "test":
+        assert planned["localize"] == [f"split=test, shard={shard}"], planned.get("localize")
+        assert "train_localizer" not in planned and "synthesize_train" not in planned, sorted(planned)
+    else:
+        assert len(planned["train_localizer"]) == len(list((workflow_run / "results" / "localize" /
+                                                             "models").glob("*.pt")))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Rule dataset_record: each split's MLflow dataset record (name, digest of its CSVs and
+"""Rule dataset_record: one split's MLflow dataset record (name, digest of its CSVs and
 file list, source, study/series/file counts); training and evaluation runs log them."""
 import json
 import logging
@@ -11,7 +11,8 @@ from spinepipe.tracking_datasets import dataset_records
 
 setup_logging(snakemake.log[0])
 records = dataset_records(Path(snakemake.params.data_dir), snakemake.params.name,
-                          pl.read_parquet(snakemake.input.instances), pl.read_parquet(snakemake.input.series))
+                          pl.read_parquet(snakemake.input.instances), pl.read_parquet(snakemake.input.series),
+                          splits=(snakemake.wildcards.split,))
 Path(snakemake.output[0]).write_text(json.dumps(records, indent=2) + "\n")
 for split, record in records.items():
     logging.info("%s: %s digest %s %s", split, record["name"], record["digest"], record["profile"])

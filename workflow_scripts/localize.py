@@ -1,4 +1,4 @@
-"""Rule localize: predicted slices and points for every study of a split."""
+"""Rule localize: predicted slices and points for the studies of one shard of a split."""
 from pathlib import Path
 
 import polars as pl
@@ -12,8 +12,8 @@ predictions, reasons = localize(
     split, checkpoints=[Path(p) for p in snakemake.input.models],
     stack_index=pl.read_parquet(snakemake.input.stacks),
     instances=pl.read_parquet(snakemake.input.instances),
-    series=pl.read_parquet(snakemake.input.series).filter(pl.col("split") == split),
-    folds=pl.read_parquet(snakemake.input.folds), cfg=snakemake.params.cfg,
-    threads=snakemake.threads)
+    series=pl.read_parquet(snakemake.input.series),
+    folds=pl.read_parquet(snakemake.input.folds) if split == "train" else None,
+    cfg=snakemake.params.cfg, threads=snakemake.threads)
 predictions.write_parquet(snakemake.output.predictions)
 reasons.write_csv(snakemake.output.reasons)

@@ -1,4 +1,5 @@
-"""Rule localizer_stacks: decode each series of a split once into a resized stack."""
+"""Rule localizer_stacks: decode each series of one shard of studies once into a resized
+stack (all of the shard's slices in one .npy) and index them."""
 from pathlib import Path
 
 import polars as pl
@@ -7,10 +8,6 @@ from spinepipe.localize.stacks import build_stacks
 from spinepipe.logs import setup_logging
 
 setup_logging(snakemake.log[0])
-split = snakemake.wildcards.split
-series = pl.read_parquet(snakemake.input.series).filter(pl.col("split") == split)
-instances = pl.read_parquet(snakemake.input.instances).filter(pl.col("split") == split)
-size = snakemake.params.size
-index = build_stacks(instances, series, {d: size for d in series["series_description"].unique()},
-                     Path(snakemake.output.stacks))
+index = build_stacks(pl.read_parquet(snakemake.input.instances), pl.read_parquet(snakemake.input.series),
+                     snakemake.params.size, Path(snakemake.output.stacks))
 index.write_parquet(snakemake.output.index)

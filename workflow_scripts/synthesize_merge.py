@@ -1,9 +1,10 @@
-"""Rule synthesize: merge the shards into the competition CSVs, image trees and ground truth."""
+"""Rules synthesize_train / synthesize_test: one split's competition CSVs and image tree
+from its shards."""
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
-from spinepipe.synth.generate import merge_shards
+from spinepipe.synth.generate import merge_split
 
 setup_logging(snakemake.log[0])
-merge_shards([Path(p) for p in snakemake.input.train], [Path(p) for p in snakemake.input.test],
-             Path(snakemake.output.train_images).parent)
+merge_split(snakemake.params.split, [Path(p) for p in snakemake.input.shards],
+            Path(snakemake.output.images).parent)

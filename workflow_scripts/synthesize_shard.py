@@ -7,4 +7,4 @@ from spinepipe.synth.generate import generate_shard
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
 generate_shard(settings["synthetic"], settings["seed"], snakemake.wildcards.split,
-               range(settings["start"], settings["stop"]), Path(snakemake.output[0]))
+               settings["indices"], Path(snakemake.output[0]))

@@ -474,7 +474,7 @@ class StudyLocalizer:
     def _axial(self, study_id: int, series: pl.DataFrame, points: list[dict],
                reasons: list[dict]) -> list[dict]:
         axial = series.filter((pl.col("series_description") == AXIAL_T2)
-                              & pl.col("series_id").is_in(list(self.cache.paths)))
+                              & pl.col("series_id").is_in(list(self.cache.rows)))
         if axial.height == 0:
             reasons.append({"study_id": study_id, "series_description": AXIAL_T2,
                             "reason": "no usable Axial T2 series"})

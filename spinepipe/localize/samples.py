@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -35,32 +37,62 @@ SIDES = ("left", "right")
 
 @dataclass
 class PointSample:
+    """A training sample; its pixels are read from the stack file when used (``image``), so
+    a sample list costs its points, not its images."""
+
     study_id: int
-    image: np.ndarray                 # (H, W) float32 in [0, 1]
+    load: Callable[[], np.ndarray]    # -> (H, W) float32 in [0, 1]
     points: np.ndarray                # (K, 2) x, y in image pixels
     mask: np.ndarray                  # (K,) bool
     mm_per_px: float
     meta: dict = field(default_factory=dict)
 
+    @property
+    def image(self) -> np.ndarray:
+        return self.load()
+
 
 @dataclass
 class SliceSample:
     study_id: int
-    stack: np.ndarray                 # (S, h, w) float32
+    load: Callable[[], np.ndarray]    # -> (S, h, w) float32, read when used
     targets: np.ndarray               # (T,) slice index, -1 where unknown
+
+    @property
+    def stack(self) -> np.ndarray:
+        return self.load()
+
+
+def crop_corner(center_xy: tuple[float, float], size: int) -> np.ndarray:
+    """Top-left corner (x, y) of the square ``crop`` of ``size`` around ``center_xy``."""
+    return np.array([int(round(center_xy[0])) - size // 2, int(round(center_xy[1])) - size // 2],
+                    dtype=np.float64)
 
 
 def crop(image: np.ndarray, center_xy: tuple[float, float], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Square crop centred on ``center_xy`` (zero padded); returns it and its top-left corner."""
     h, w = image.shape
-    x0 = int(round(center_xy[0])) - size // 2
-    y0 = int(round(center_xy[1])) - size // 2
+    x0, y0 = (int(v) for v in crop_corner(center_xy, size))
     out = np.zeros((size, size), dtype=np.float32)
     xs, ys = max(x0, 0), max(y0, 0)
     xe, ye = min(x0 + size, w), min(y0 + size, h)
     if xe > xs and ye > ys:
         out[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
     return out, np.array([x0, y0], dtype=np.float64)
+
+
+def _sagittal_slice(cache: StackCache, series_id: int, index: int) -> np.ndarray:
+    return cache.slice(series_id, index).astype(np.float32)
+
+
+def _axial_crop(cache: StackCache, series_id: int, index: int, centre_xy: tuple[float, float],
+                size: int, mirror: bool) -> np.ndarray:
+    image = crop(cache.slice(series_id, index).astype(np.float32), centre_xy, size)[0]
+    return np.ascontiguousarray(image[:, ::-1]) if mirror else image
+
+
+def _downsampled(cache: StackCache, series_id: int, size: int) -> np.ndarray:
+    return downsample_stack(cache.get(series_id)["images"], size)
 
 
 def _slice_index(stack: dict, instance_number: int) -> int | None:
@@ -73,12 +105,17 @@ def _decoded(stack: dict, index: int) -> bool:
     return bool(stack["slice_ok"][index]) if "slice_ok" in stack else True
 
 
-def flip_columns(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The image mirrored left-right and its (K, 2) points with it (pixel centres at integer
-    x, as in the annotations). Its own inverse."""
+def flip_points(points: np.ndarray, width: int) -> np.ndarray:
+    """(K, 2) points mirrored left-right in an image ``width`` pixels wide (pixel centres at
+    integer x, as in the annotations). Its own inverse."""
     flipped = points.copy()
-    flipped[..., 0] = image.shape[1] - 1 - points[..., 0]
-    return np.ascontiguousarray(image[:, ::-1]), flipped
+    flipped[..., 0] = width - 1 - points[..., 0]
+    return flipped
+
+
+def flip_columns(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image mirrored left-right and its (K, 2) points with it. Its own inverse."""
+    return np.ascontiguousarray(image[:, ::-1]), flip_points(points, image.shape[1])
 
 
 def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, series: pl.DataFrame,
@@ -105,7 +142,7 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
                 "series_id", "instance_number", maintain_order=True):
             if series_id not in cache:
                 continue
-            stack = cache.get(series_id)
+            stack = cache.meta(series_id)
             index = _slice_index(stack, instance)
             if index is None:
                 continue
@@ -116,9 +153,10 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
                 points[k] = (r["x"] / stack["scale"][0], r["y"] / stack["scale"][1])
                 mask[k] = True
             for offset in range(-neighbours, neighbours + 1):
-                if 0 <= index + offset < len(stack["images"]) and _decoded(stack, index + offset):
+                if 0 <= index + offset < len(stack["slice_ok"]) and _decoded(stack, index + offset):
                     samples.append(PointSample(
-                        int(group["study_id"][0]), stack["images"][index + offset].astype(np.float32),
+                        int(group["study_id"][0]),
+                        partial(_sagittal_slice, cache, series_id, index + offset),
                         points, mask, spacing[series_id] * float(stack["scale"][0]),
                         meta={"offset": offset}))
         return samples
@@ -130,24 +168,26 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
         key = (study_id, level, series_id)
         if series_id not in cache or key not in centres:
             continue
-        stack = cache.get(series_id)
+        stack = cache.meta(series_id)
         cx, cy, instance = centres[key]
         index = _slice_index(stack, instance)
         if index is None or not _decoded(stack, index):
             continue
         scale = stack["scale"]
-        image, corner = crop(stack["images"][index].astype(np.float32),
-                             (cx / scale[0], cy / scale[1]), axial_crop)
+        centre = (cx / scale[0], cy / scale[1])
+        corner = crop_corner(centre, axial_crop)
         points = np.zeros((2, 2))
         mask = np.zeros(2, dtype=bool)
         for r in group.iter_rows(named=True):
             side = SIDES.index(conditions[r["condition"]])
             points[side] = (r["x"] / scale[0] - corner[0], r["y"] / scale[1] - corner[1])
             mask[side] = True
-        if series_id in mirrored:
-            image, points = flip_columns(image, points)
-        samples.append(PointSample(int(study_id), image, points, mask,
-                                   spacing[series_id] * float(scale[0])))
+        mirror = series_id in mirrored
+        if mirror:
+            points = flip_points(points, axial_crop)
+        samples.append(PointSample(int(study_id),
+                                   partial(_axial_crop, cache, series_id, index, centre, axial_crop, mirror),
+                                   points, mask, spacing[series_id] * float(scale[0])))
     return samples
 
 
@@ -165,7 +205,7 @@ def slice_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, size:
             "study_id", "series_id", maintain_order=True):
         if series_id not in cache:
             continue
-        stack = cache.get(series_id)
+        stack = cache.meta(series_id)
         targets = np.full(SLICE_TARGETS[task], -1, dtype=np.int64)
         for r in group.iter_rows(named=True):
             index = _slice_index(stack, r["instance_number"])
@@ -176,5 +216,5 @@ def slice_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, size:
             if task == "sagittal_t1":
                 k = k * 2 + SIDES.index(side)
             targets[k] = index
-        samples.append(SliceSample(int(study_id), downsample_stack(stack["images"], size), targets))
+        samples.append(SliceSample(int(study_id), partial(_downsampled, cache, series_id, size), targets))
     return samples

@@ -1,9 +1,15 @@
-"""Series stacks resized for the localization models, decoded once and cached as .npz.
+"""Series stacks resized for the localization models, decoded once per shard of studies.
 
 Each series becomes ``images`` (n_slices, size, size) float16 in position order (never
 instance order), with its instance numbers, the scale from model pixels back to DICOM
 pixels and ``slice_ok`` (n_slices,) bool. Intensities are clipped at the series' 0.5/99.5
 percentiles and scaled to [0, 1].
+
+A shard's slices lie one after another in one ``.npy`` file (written slice by slice through
+a memory map); its index (one row per series) holds the file, the series' first row in it
+and the small arrays. Readers (``StackCache``) read the rows of one series, or one slice,
+with plain file reads into arrays they own and keep a few series at most: a job's memory is
+bounded by what it holds at once, never by the number of studies.
 
 Slices are decoded one by one (``spinepipe.pixels.decode_slices``): a slice that cannot be
 decoded is an all-zero image in its place with ``slice_ok`` False, the percentiles come
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +40,11 @@ log = logging.getLogger(__name__)
 
 STACK_INDEX_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "series_description": pl.String,
                       "n_slices": pl.Int64, "rows": pl.Int64, "columns": pl.Int64,
-                      "path": pl.String, "status": pl.String, "error": pl.String,
-                      "lost_slices": pl.Int64}
+                      "path": pl.String, "offset": pl.Int64,
+                      "instance_numbers": pl.List(pl.Int64), "slice_ok": pl.List(pl.Boolean),
+                      "scale_x": pl.Float64, "scale_y": pl.Float64,
+                      "status": pl.String, "error": pl.String, "lost_slices": pl.Int64}
+STACK_DTYPE = np.float16
 
 
 def normalize(volume: np.ndarray, valid: NDArray[np.bool_] | None = None) -> np.ndarray:
@@ -84,72 +94,133 @@ def load_stack(paths: list[str], size: int) -> Stack:
     return Stack(normalize(volume, ok), rows, columns, ok, decoded.errors, lost)
 
 
-def build_stacks(instances: pl.DataFrame, series: pl.DataFrame, size_by_description: dict[str, int],
-                 out_dir: Path) -> pl.DataFrame:
-    """Write one .npz per usable series; return the index (with reasons for the rest)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _index_row(s: dict[str, Any]) -> dict[str, Any]:
+    return {"study_id": s["study_id"], "series_id": s["series_id"],
+            "series_description": s["series_description"], "n_slices": 0, "rows": s["rows"],
+            "columns": s["columns"], "path": None, "offset": None, "instance_numbers": None,
+            "slice_ok": None, "scale_x": None, "scale_y": None, "status": "ok", "error": None,
+            "lost_slices": 0}
+
+
+def build_stacks(instances: pl.DataFrame, series: pl.DataFrame, size: int,
+                 array_path: Path) -> pl.DataFrame:
+    """Decode every usable series of ``series`` into ``array_path`` (one .npy of
+    (total slices, size, size) float16); return the index, with reasons for the rest.
+
+    The file is sized for every candidate series up front and filled one series at a time
+    through a memory map, so only one series is ever decoded in memory; rows reserved for a
+    series that turns out unreadable stay zero and unreferenced."""
+    array_path.parent.mkdir(parents=True, exist_ok=True)
     ok = instances.filter(pl.col("status") == "ok")
     paths_by_series = {sid: frame for (sid,), frame in ok.group_by("series_id")}
+    usable = series.filter(pl.col("series_description").is_in(SERIES_DESCRIPTIONS)
+                           & pl.col("geometry_ok").fill_null(False))
+    total = sum(paths_by_series[sid].height for sid in usable["series_id"] if sid in paths_by_series)
+    tmp = array_path.with_name(f".{array_path.name}.tmp")  # atomic: a killed job leaves no half file
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=STACK_DTYPE, shape=(total, size, size))
     rows: list[dict[str, Any]] = []
+    cursor = 0
     for s in tqdm(series.iter_rows(named=True), total=series.height, desc="stacks", disable=None):
-        row = {"study_id": s["study_id"], "series_id": s["series_id"],
-               "series_description": s["series_description"], "n_slices": 0, "rows": s["rows"],
-               "columns": s["columns"], "path": None, "status": "ok", "error": None,
-               "lost_slices": 0}
+        row = _index_row(s)
         if s["series_description"] not in SERIES_DESCRIPTIONS or not s["geometry_ok"]:
             row.update(status="skipped", error=s["geometry_error"] or "unknown description")
             rows.append(row)
             continue
-        frame = paths_by_series[s["series_id"]]
+        frame = paths_by_series.get(s["series_id"])
+        if frame is None:
+            row.update(status="unreadable", error="no usable file")
+            rows.append(row)
+            continue
         order = {n: i for i, n in enumerate(s["instances_by_position"])}
         frame = frame.with_columns(
             pos=pl.col("instance_number").replace_strict(order, default=None)).sort("pos")
         try:
-            stack = load_stack(frame["path"].to_list(), size_by_description[s["series_description"]])
+            stack = load_stack(frame["path"].to_list(), size)
         except NoSliceDecoded as error:  # files that passed the header check may still not decode
             row.update(status="unreadable", error=str(error), lost_slices=frame.height)
             log.warning("series %s: unreadable: %s", s["series_id"], row["error"])
             rows.append(row)
+            cursor += frame.height
             continue
         except Exception as error:  # anything else about one series never stops the others
             row.update(status="unreadable", error=f"{type(error).__name__}: {error}"[:300])
             log.exception("series %s: cannot build the stack", s["series_id"])
             rows.append(row)
+            cursor += frame.height
             continue
         volume = stack.images
         if stack.lost is not None:
             log.warning("series %s: %s", s["series_id"], stack.lost)
-        path = out_dir / f"{s['series_id']}.npz"
-        tmp = path.with_name(f".{path.name}.tmp")  # atomic: a killed job leaves no half file
-        with tmp.open("wb") as handle:
-            np.savez(handle, images=volume.astype(np.float16),
-                     instance_numbers=frame["instance_number"].to_numpy(),
-                     scale=np.array([stack.columns / volume.shape[2], stack.rows / volume.shape[1]]),
-                     slice_ok=stack.slice_ok)
-        os.replace(tmp, path)
-        row.update(n_slices=volume.shape[0], rows=stack.rows, columns=stack.columns, path=str(path),
+        array[cursor:cursor + len(volume)] = volume.astype(STACK_DTYPE)
+        row.update(n_slices=volume.shape[0], rows=stack.rows, columns=stack.columns,
+                   path=str(array_path), offset=cursor,
+                   instance_numbers=frame["instance_number"].to_list(),
+                   slice_ok=stack.slice_ok.tolist(),
+                   scale_x=stack.columns / volume.shape[2], scale_y=stack.rows / volume.shape[1],
                    error=stack.lost, lost_slices=int((~stack.slice_ok).sum()))
         rows.append(row)
+        cursor += frame.height
+    array.flush()
+    del array
+    os.replace(tmp, array_path)
     return pl.DataFrame(rows, schema=STACK_INDEX_SCHEMA)
 
 
 class StackCache:
-    """Lazy access to cached stacks by series_id."""
+    """Stacks by series_id, read from their shard files on demand; the ``keep`` series read
+    last stay in memory (a study's series are used together), older ones are dropped."""
 
-    def __init__(self, index: pl.DataFrame) -> None:
-        self.paths = {r["series_id"]: r["path"] for r in index.filter(pl.col("status") == "ok")
-                      .iter_rows(named=True)}
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
+    def __init__(self, index: pl.DataFrame, keep: int = 8) -> None:
+        usable = index.filter(pl.col("status") == "ok")
+        self.rows = {r["series_id"]: r for r in usable.iter_rows(named=True)}
+        self.keep = keep
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
 
     def __contains__(self, series_id: int) -> bool:
-        return series_id in self.paths
+        return series_id in self.rows
+
+    def _data_start(self, path: str) -> tuple[int, tuple[int, ...], np.dtype]:
+        """Where the array data of a .npy file starts, its shape and dtype (header read once)."""
+        if path not in self._layout:
+            mapped = np.load(path, mmap_mode="r")  # maps, reads no data; dropped at once
+            self._layout[path] = (mapped.offset, mapped.shape, mapped.dtype)
+            del mapped
+        return self._layout[path]
+
+    def _read(self, row: dict[str, Any], first: int, count: int) -> np.ndarray:
+        start, shape, dtype = self._data_start(row["path"])
+        per_slice = int(np.prod(shape[1:]))
+        with open(row["path"], "rb") as handle:
+            handle.seek(start + (row["offset"] + first) * per_slice * dtype.itemsize)
+            data = np.fromfile(handle, dtype=dtype, count=count * per_slice)
+        return data.reshape(count, *shape[1:])
 
     def get(self, series_id: int) -> dict[str, np.ndarray]:
-        """``images``, ``instance_numbers``, ``scale`` and ``slice_ok`` (all True for stacks
-        cached before slices could be lost)."""
-        if series_id not in self._cache:
-            with np.load(self.paths[series_id]) as data:
-                stack = {k: data[k] for k in data.files}
-            stack.setdefault("slice_ok", np.ones(len(stack["images"]), dtype=bool))
-            self._cache[series_id] = stack
-        return self._cache[series_id]
+        """``images`` (n_slices, size, size) float16, ``instance_numbers``, ``scale`` (x, y)
+        and ``slice_ok``."""
+        if series_id in self._cache:
+            self._cache.move_to_end(series_id)
+            return self._cache[series_id]
+        row = self.rows[series_id]
+        stack = {"images": self._read(row, 0, row["n_slices"]),
+                 "instance_numbers": np.asarray(row["instance_numbers"], dtype=np.int64),
+                 "scale": np.array([row["scale_x"], row["scale_y"]]),
+                 "slice_ok": np.asarray(row["slice_ok"], dtype=bool)}
+        self._cache[series_id] = stack
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return stack
+
+    def meta(self, series_id: int) -> dict[str, np.ndarray]:
+        """What ``get`` returns but the images (no file read)."""
+        row = self.rows[series_id]
+        return {"instance_numbers": np.asarray(row["instance_numbers"], dtype=np.int64),
+                "scale": np.array([row["scale_x"], row["scale_y"]]),
+                "slice_ok": np.asarray(row["slice_ok"], dtype=bool)}
+
+    def slice(self, series_id: int, index: int) -> np.ndarray:
+        """One slice (size, size) float16, read on its own (training reads samples this way)."""
+        if series_id in self._cache:
+            return self._cache[series_id]["images"][index]
+        return self._read(self.rows[series_id], index, 1)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from spinepipe.constants import (
     SAGITTAL_T1,
     SAGITTAL_T2,
     SEVERITIES,
+    SHARD_IMAGES,
     SUBMISSION_COLUMNS,
     row_id,
 )
@@ -42,8 +44,6 @@ from spinepipe.synth.series import SeriesPlan, plan_study_series
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": 1, "test": 2}
-# where a shard keeps its studies' images (merge_shards links them into <split>_images)
-SHARD_IMAGES = "images"
 # disjoint id ranges keep train and test ids apart without looking at each other
 ID_RANGES = {"train": (1_000_000, 2_200_000_000), "test": (2_200_000_000, 4_290_000_000)}
 SERIES_FOR_FAMILY = {"spinal": SAGITTAL_T2, "foraminal": SAGITTAL_T1, "subarticular": AXIAL_T2}
@@ -86,8 +86,19 @@ def study_ids(seed: int, split: str, count: int) -> list[int]:
     return ids
 
 
-def shard_ranges(count: int, per_shard: int) -> list[range]:
-    return [range(s, min(s + per_shard, count)) for s in range(0, count, per_shard)]
+def study_shard(study_id: int, shards: int) -> int:
+    """The shard of a study in every per-study stage (synthesis, header parse, localizer
+    stacks and inference): fixed by its id, so a study never moves and a new one touches
+    only its own shard."""
+    return study_id % shards
+
+
+def shard_indices(seed: int, split: str, count: int, shards: int) -> list[list[int]]:
+    """Per shard, the indices (0..count-1) of the split's studies whose id falls in it."""
+    out: list[list[int]] = [[] for _ in range(shards)]
+    for index, study_id in enumerate(study_ids(seed, split, count)):
+        out[study_shard(study_id, shards)].append(index)
+    return out
 
 
 @dataclass
@@ -211,19 +222,19 @@ def generate_study(syn: dict[str, Any], seed: int, split: str, index: int, study
     return tables
 
 
-def generate_shard(synthetic: dict[str, Any], seed: int, split: str, indices: range,
+def generate_shard(synthetic: dict[str, Any], seed: int, split: str, indices: Sequence[int],
                    shard_dir: Path) -> None:
     """Write the images (``shard_dir/images/<study>/<series>/<n>.dcm``) of the studies
     ``indices`` of a split and their table pieces, all inside ``shard_dir``.
 
     Only the studies' own settings matter here (not the total study count), so growing the
-    dataset leaves existing shards as they are.
+    dataset leaves existing shards as they are. An empty ``indices`` writes empty tables.
     """
-    ids = study_ids(seed, split, indices.stop)
+    ids = study_ids(seed, split, max(indices) + 1) if indices else []
     image_root = shard_dir / SHARD_IMAGES
+    image_root.mkdir(parents=True, exist_ok=True)
     merged = StudyTables()
-    for index in tqdm(indices, desc=f"{split} studies {indices.start}-{indices.stop - 1}",
-                      unit="study", disable=None):
+    for index in tqdm(indices, desc=f"{split} studies", unit="study", disable=None):
         tables = generate_study(synthetic, seed, split, index, ids[index], image_root)
         for name in ("labels", "coordinates", "series", "centers", "quirks"):
             getattr(merged, name).extend(getattr(tables, name))
@@ -241,7 +252,8 @@ def generate_dataset(config: dict[str, Any], dataset_dir: Path) -> None:
     shards: dict[str, list[Path]] = {}
     for split in SPLITS:
         shards[split] = []
-        for i, indices in enumerate(shard_ranges(syn[f"n_{split}"], syn["studies_per_shard"])):
+        for i, indices in enumerate(shard_indices(config["seed"], split, syn[f"n_{split}"],
+                                                  config["metadata"]["shards"])):
             shard_dir = dataset_dir / "shards" / f"{split}_{i:04d}"
             generate_shard(syn, config["seed"], split, indices, shard_dir)
             shards[split].append(shard_dir)
@@ -269,29 +281,43 @@ def link_images(shard_dirs: list[Path], image_root: Path) -> None:
                 shutil.copy2(source, target)
 
 
-def merge_shards(train_shards: list[Path], test_shards: list[Path], dataset_dir: Path) -> None:
-    """Write the competition CSVs, the ground-truth files and the image trees
-    (``train_images``, ``test_images``) from the shards."""
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    for split, shard_dirs in (("train", train_shards), ("test", test_shards)):
-        link_images(shard_dirs, dataset_dir / f"{split}_images")
-    condition_order = {CONDITION_NAMES[c]: i for i, c in enumerate(CONDITIONS)}
-    level_order = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
+SPLIT_CSVS = {
+    "train": ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv"),
+    "test": ("test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv"),
+}
+TRUTH_CSVS = ("level_centers.csv", "quirks.csv")
 
-    train = _concat(train_shards, "labels", LABEL_SCHEMA).sort("study_id")
-    train.write_csv(dataset_dir / "train.csv")
-    _concat(test_shards, "labels", LABEL_SCHEMA).sort("study_id").write_csv(
-        dataset_dir / "test_labels.csv")
-    coords = _concat(train_shards, "coordinates", COORDINATE_SCHEMA)
-    coords = coords.with_columns(
-        pl.col("condition").replace_strict(condition_order).alias("_c"),
-        pl.col("level").replace_strict(level_order).alias("_l"),
-    ).sort("study_id", "_c", "_l").drop("_c", "_l")
-    coords.write_csv(dataset_dir / "train_label_coordinates.csv")
-    _concat(train_shards, "series", SERIES_SCHEMA).sort("study_id", "series_id").write_csv(
-        dataset_dir / "train_series_descriptions.csv")
-    test_series = _concat(test_shards, "series", SERIES_SCHEMA).sort("study_id", "series_id")
-    test_series.write_csv(dataset_dir / "test_series_descriptions.csv")
+
+def merge_split(split: str, shard_dirs: list[Path], dataset_dir: Path) -> None:
+    """One split's competition files (``SPLIT_CSVS[split]``) and its image tree
+    (``<split>_images``) from its shards. Per split, so a new test study leaves the train
+    files (and everything built from them) as they are."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    link_images(shard_dirs, dataset_dir / f"{split}_images")
+    labels = _concat(shard_dirs, "labels", LABEL_SCHEMA).sort("study_id")
+    series = _concat(shard_dirs, "series", SERIES_SCHEMA).sort("study_id", "series_id")
+    if split == "train":
+        labels.write_csv(dataset_dir / "train.csv")
+        condition_order = {CONDITION_NAMES[c]: i for i, c in enumerate(CONDITIONS)}
+        level_order = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
+        coords = _concat(shard_dirs, "coordinates", COORDINATE_SCHEMA).with_columns(
+            pl.col("condition").replace_strict(condition_order).alias("_c"),
+            pl.col("level").replace_strict(level_order).alias("_l"),
+        ).sort("study_id", "_c", "_l").drop("_c", "_l")
+        coords.write_csv(dataset_dir / "train_label_coordinates.csv")
+        series.write_csv(dataset_dir / "train_series_descriptions.csv")
+        return
+    labels.write_csv(dataset_dir / "test_labels.csv")
+    series.write_csv(dataset_dir / "test_series_descriptions.csv")
+    rows = [row_id(s, c, lv) for s in labels["study_id"].to_list() for c in CONDITIONS for lv in LEVELS]
+    third = 1.0 / 3.0
+    pl.DataFrame({"row_id": rows, **{col: [third] * len(rows) for col in SUBMISSION_COLUMNS}}
+                 ).write_csv(dataset_dir / "sample_submission.csv")
+
+
+def merge_truth(train_shards: list[Path], test_shards: list[Path], dataset_dir: Path) -> None:
+    """The ground truth of both splits (``TRUTH_CSVS``): true level centres and quirks."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
     centers = pl.concat([
         _concat(train_shards, "centers", CENTER_SCHEMA).with_columns(split=pl.lit("train")),
         _concat(test_shards, "centers", CENTER_SCHEMA).with_columns(split=pl.lit("test")),
@@ -300,10 +326,13 @@ def merge_shards(train_shards: list[Path], test_shards: list[Path], dataset_dir:
     pl.concat([
         _concat(train_shards, "quirks", QUIRK_SCHEMA).with_columns(split=pl.lit("train")),
         _concat(test_shards, "quirks", QUIRK_SCHEMA).with_columns(split=pl.lit("test")),
-    ]).write_csv(dataset_dir / "quirks.csv")
+    ]).sort("split", "study_id", "series_id", "quirk", descending=[True, False, False, False]
+            ).write_csv(dataset_dir / "quirks.csv")
 
-    test_ids = sorted(_concat(test_shards, "labels", LABEL_SCHEMA)["study_id"].to_list())
-    rows = [row_id(s, c, lv) for s in test_ids for c in CONDITIONS for lv in LEVELS]
-    third = 1.0 / 3.0
-    pl.DataFrame({"row_id": rows, **{col: [third] * len(rows) for col in SUBMISSION_COLUMNS}}
-                 ).write_csv(dataset_dir / "sample_submission.csv")
+
+def merge_shards(train_shards: list[Path], test_shards: list[Path], dataset_dir: Path) -> None:
+    """Write the competition CSVs, the ground-truth files and the image trees
+    (``train_images``, ``test_images``) from the shards."""
+    merge_split("train", train_shards, dataset_dir)
+    merge_split("test", test_shards, dataset_dir)
+    merge_truth(train_shards, test_shards, dataset_dir)
