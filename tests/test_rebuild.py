@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, make_config
 from test_workflow import planned_jobs, snakemake
+
+from spinepipe.synth.generate import study_ids
 
 TARGETS = ["results/dataset/summary.json", "results/synthetic/learnability.json",
            "results/metadata/axial_xref.parquet", "results/eval/geometry.json"]
@@ -120,34 +122,38 @@ def test_parameter_change_reruns_only_the_stages_that_use_it(built, overlay, exp
     assert "Params have changed since last execution" in result.stdout
 
 
-def test_adding_a_study_parses_only_that_study(copy):
+def test_adding_a_study_reruns_only_its_shard(copy):
     grown = {**TINY, "synthetic": {**TINY["synthetic"], "n_train": TINY["synthetic"]["n_train"] + 1}}
     name = write_overlay(copy, "grown.yaml", grown)
+    config = make_config()
+    shards = config["metadata"]["shards"]
+    new_id = study_ids(config["seed"], "train", TINY["synthetic"]["n_train"] + 1)[-1]
+    shard = new_id % shards
     cache = stamps(copy, "results/metadata/cache/train/*.parquet")
-    shards = stamps(copy, "results/synthetic/shards/*", "results/synthetic/shards/*/*")
+    rendered = stamps(copy, "results/synthetic/shards/*/**/*")
     images = stamps(copy, "results/synthetic/train_images/**/*.dcm")
-    old_ids = set(train_ids(copy))
     result = run(copy, overlays=(name,))
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = ran_jobs(result.stdout + result.stderr)
-    # Only the new study's shard is rendered; everything reading the merged CSVs reruns.
-    assert jobs["synthesize_shard"] == 1, jobs
-    assert "results/synthetic/shards/train_0002" in result.stdout + result.stderr
-    assert {"synthesize", "dataset_summary", "metadata", "axial_xref",
+    # Only the new study's shard is rendered and parsed; what reads the merged tables reruns.
+    assert jobs["synthesize_shard"] == 1 and jobs["instances_shard"] == 1, jobs
+    assert f"results/synthetic/shards/train_{shard:04d}" in result.stdout + result.stderr
+    assert {"synthesize_train", "dataset_summary", "metadata_split", "metadata", "axial_xref",
             "geometry_eval"} <= jobs.keys(), jobs
-    assert jobs["instances_shard"] >= 1, jobs
-    # ...but the header-parse shards reuse their per-study cache: one new cache file, for the
-    # new study, and the others untouched.
-    new_ids = set(train_ids(copy)) - old_ids
-    assert len(new_ids) == 1
+    assert "synthesize_test" not in jobs, jobs
+    assert str(new_id) in train_ids(copy)
+    # The other shards' studies keep their files and their header-cache entries.
+    mine = {str(sid) for sid in train_ids(copy) if int(sid) % shards == shard}
     after = stamps(copy, "results/metadata/cache/train/*.parquet")
-    assert set(after) - set(cache) == {f"results/metadata/cache/train/{new_ids.pop()}.parquet"}
-    assert {k: after[k] for k in cache} == cache
-    # Existing shards and images are left as they were.
-    assert {k: v for k, v in stamps(copy, "results/synthetic/shards/*",
-                                    "results/synthetic/shards/*/*").items() if k in shards} == shards
+    assert set(after) - set(cache) == {f"results/metadata/cache/train/{new_id}.parquet"}
+    assert {k: after[k] for k in cache if Path(k).stem not in mine} == \
+        {k: v for k, v in cache.items() if Path(k).stem not in mine}
+    others = {k: v for k, v in rendered.items() if f"/train_{shard:04d}" not in k}
+    assert {k: v for k, v in stamps(copy, "results/synthetic/shards/*/**/*").items()
+            if k in others} == others
     new_images = stamps(copy, "results/synthetic/train_images/**/*.dcm")
-    assert {k: new_images[k] for k in images} == images and len(new_images) > len(images)
+    kept = {k: v for k, v in images.items() if Path(k).parts[3] not in mine}
+    assert {k: new_images[k] for k in kept} == kept and len(new_images) > len(images)
     summary = json.loads((copy / "results" / "dataset" / "summary.json").read_text())
     assert summary["train_studies"] == TINY["synthetic"]["n_train"] + 1
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from spinepipe.constants import LEVELS
 from spinepipe.crops.views import FAMILY_INPUTS
+from spinepipe.npy_rows import NpyRows
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,16 @@ class CropDataset(Dataset):
         self.point_jitter = min(cfg.get("point_jitter", 0), self.margin) if train else 0
         self.predicted_share = float(cfg.get("predicted_point_share", 0.0)) if train else 0.0
         self.rng = np.random.default_rng(seed)
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, NpyRows] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _array(self, path: str) -> np.ndarray:
-        if path not in self._arrays:  # opened lazily: each DataLoader worker maps its own
-            self._arrays[path] = np.load(path, mmap_mode="r")
-        return self._arrays[path]
+    def _row(self, path: str, row: int) -> np.ndarray:
+        """One cached crop, read from its shard file (no memory map: see spinepipe.npy_rows)."""
+        if path not in self._arrays:
+            self._arrays[path] = NpyRows(path)
+        return self._arrays[path].read(row)[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sample = self.samples[i]
@@ -169,7 +171,7 @@ class CropDataset(Dataset):
         y0, x0 = self.margin + dy, self.margin + dx
         images, masks = [], []
         for (path, row), mask in zip(source.crops, source.masks):
-            crop = self._array(path)[row, lo:hi, y0:y0 + self.size, x0:x0 + self.size]
+            crop = self._row(path, row)[lo:hi, y0:y0 + self.size, x0:x0 + self.size]
             images.append(np.asarray(crop, dtype=np.float32))
             masks.append(np.asarray(mask[lo:hi], dtype=bool))
         stack = np.concatenate(images)  # (T, H, W)

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from spinepipe.constants import SERIES_DESCRIPTIONS
+from spinepipe.npy_rows import NpyRows
 from spinepipe.pixels import decode_slices, describe_lost
 
 log = logging.getLogger(__name__)
@@ -175,26 +176,15 @@ class StackCache:
         self.rows = {r["series_id"]: r for r in usable.iter_rows(named=True)}
         self.keep = keep
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._layout: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+        self._files: dict[str, NpyRows] = {}
 
     def __contains__(self, series_id: int) -> bool:
         return series_id in self.rows
 
-    def _data_start(self, path: str) -> tuple[int, tuple[int, ...], np.dtype]:
-        """Where the array data of a .npy file starts, its shape and dtype (header read once)."""
-        if path not in self._layout:
-            mapped = np.load(path, mmap_mode="r")  # maps, reads no data; dropped at once
-            self._layout[path] = (mapped.offset, mapped.shape, mapped.dtype)
-            del mapped
-        return self._layout[path]
-
     def _read(self, row: dict[str, Any], first: int, count: int) -> np.ndarray:
-        start, shape, dtype = self._data_start(row["path"])
-        per_slice = int(np.prod(shape[1:]))
-        with open(row["path"], "rb") as handle:
-            handle.seek(start + (row["offset"] + first) * per_slice * dtype.itemsize)
-            data = np.fromfile(handle, dtype=dtype, count=count * per_slice)
-        return data.reshape(count, *shape[1:])
+        if row["path"] not in self._files:
+            self._files[row["path"]] = NpyRows(row["path"])
+        return self._files[row["path"]].read(row["offset"] + first, count)
 
     def get(self, series_id: int) -> dict[str, np.ndarray]:
         """``images`` (n_slices, size, size) float16, ``instance_numbers``, ``scale`` (x, y)
