@@ -185,13 +185,52 @@ def print_table(rows: list[dict], sizes: list[int], shards: int) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+# Epochs the measured one-epoch training jobs stand for in the default config.
+FULL_EPOCHS = {"train_localizer": ("localize", "point_model", "epochs"), "train_model": ("train", "epochs")}
+MEMORY_HEADROOM, RUNTIME_HEADROOM = 1.5, 3.0
+
+
+def profile_resources(rows: list[dict], config: dict) -> dict[str, dict[str, int]]:
+    """Per rule, ``mem_mb`` and ``runtime`` (minutes) for the cluster profile: the projected
+    peak RSS at PROJECT_TO studies times MEMORY_HEADROOM (at least the measured largest,
+    rounded up to 500 MB) and the projected slowest job times RUNTIME_HEADROOM (training:
+    times the default config's epochs; at least 5 minutes)."""
+    out = {}
+    for r in rows:
+        peak = max(r[f"peak_rss_mb@{PROJECT_TO}"], *(v for k, v in r.items() if k.startswith("peak_rss_mb@")))
+        seconds = max(r[f"slowest_s@{PROJECT_TO}"], 1.0)
+        if r["rule"] in FULL_EPOCHS:
+            node = config
+            for key in FULL_EPOCHS[r["rule"]]:
+                node = node[key]
+            seconds *= node
+        out[r["rule"]] = {"mem_mb": int(np.ceil(peak * MEMORY_HEADROOM / 500) * 500),
+                          "runtime": max(5, int(np.ceil(seconds * RUNTIME_HEADROOM / 60)))}
+    return out
+
+
+def print_profile(resources: dict[str, dict[str, int]]) -> None:
+    print(f"\nSuggested profiles/slurm set-resources at {PROJECT_TO} studies "
+          f"(memory x{MEMORY_HEADROOM}, runtime x{RUNTIME_HEADROOM}, training at full epochs):")
+    for rule, values in resources.items():
+        print(f"  {rule}: {{mem_mb: {values['mem_mb']}, runtime: {values['runtime']}}}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[60, 240, 480])
     parser.add_argument("--root", type=Path, default=Path("/tmp/spinepipe_scale"))
     parser.add_argument("--seed", type=int, default=2024, help="the config's master seed")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
+    parser.add_argument("--from-json", type=Path,
+                        help="print the tables of an earlier run's --out file (runs nothing)")
     args = parser.parse_args()
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print_table(saved["rules"], saved["sizes"], config["metadata"]["shards"])
+        print_profile(profile_resources(saved["rules"], config))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     sizes = sorted(args.sizes)
@@ -211,8 +250,8 @@ def main() -> None:
         log.info("%d studies: %.0f s", n, time.perf_counter() - begin)
         per_size[n] = rule_figures(workdir, benchmark_patterns(workdir, configfile))
     rows = summarize(per_size)
-    shards = yaml.safe_load((REPO / "config.yaml").read_text())["metadata"]["shards"]
-    print_table(rows, sizes, shards)
+    print_table(rows, sizes, config["metadata"]["shards"])
+    print_profile(profile_resources(rows, config))
     if args.out:
         args.out.write_text(json.dumps({"sizes": sizes, "split": split, "rules": rows}, indent=2))
 

@@ -18,6 +18,7 @@ TINY = {
         "sagittal": {"matrix": [64, 80], "slices": [15, 17]},
         "axial": {"matrix": [64, 72]},
     },
+    "metadata": {"shards": 2},  # per-study jobs per split (2 keep the Slurm test's job count low)
     "folds": {"n": 2},
     "localize": {
         "image_size": 64,

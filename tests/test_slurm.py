@@ -156,7 +156,9 @@ def test_pipeline_runs_as_slurm_jobs(slurm_run):
     assert {job["state"] for job in jobs} == {"COMPLETED"}, squeue
     rules = Counter(job["rule"] for job in jobs)
     assert rules == slurm_run["planned"], squeue
-    assert rules["synthesize_shard"] == 3 and rules["instances_shard"] == 8, squeue
+    shards = TINY["metadata"]["shards"]  # per split, for every per-study stage
+    for rule in ("synthesize_shard", "instances_shard", "localizer_stacks", "localize"):
+        assert rules[rule] == 2 * shards, (rule, squeue)
     assert rules["train_model"] == 3 * TINY["folds"]["n"], squeue
     output = result.stdout + result.stderr
     assert output.count("has been submitted with SLURM jobid") == len(jobs), output[-3000:]
