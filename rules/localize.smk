@@ -36,6 +36,10 @@ rule stacks_index:
         indexes=expand(
             "results/localize/stacks/{{split}}/shard{shard}/index.parquet", shard=range(SHARDS)
         ),
+        # the files its rows point into: a missing one rebuilds its shard
+        arrays=expand(
+            "results/localize/stacks/{{split}}/shard{shard}/stacks.npy", shard=range(SHARDS)
+        ),
         code=script_code("stacks_index"),
     output:
         "results/localize/stacks/{split}/index.parquet",
