@@ -78,8 +78,10 @@ use rule metadata_split as metadata with:
 
 rule axial_xref:
     input:
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        # the annotated (train) studies only: a new test study never reruns it (nor the
+        # localizer models trained on its output)
+        instances="results/metadata/train/instances.parquet",
+        series="results/metadata/train/series.parquet",
         coordinates=dataset_file("train_label_coordinates.csv"),
         code=script_code("axial_xref"),
     output:

@@ -175,12 +175,10 @@ def test_deleted_intermediate_is_rebuilt_with_what_depends_on_it(copy, built):
     # what depends on it, nothing upstream (no synthesize_shard, no instances_shard).
     (copy / "results" / "eval" / "geometry.json").unlink()
     result = run(copy, "--dry-run")
-    assert planned_jobs(result.stdout) == {"metadata": 1, "axial_xref": 1, "geometry_eval": 1}, \
-        result.stdout[-3000:]
+    assert planned_jobs(result.stdout) == {"metadata": 1, "geometry_eval": 1}, result.stdout[-3000:]
     result = run(copy)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert ran_jobs(result.stdout + result.stderr) == {"metadata": 1, "axial_xref": 1,
-                                                       "geometry_eval": 1}
+    assert ran_jobs(result.stdout + result.stderr) == {"metadata": 1, "geometry_eval": 1}
     assert stamps(copy, "results/synthetic/**/*", "results/metadata/train/*",
                   "results/metadata/test/*", "results/metadata/cache/**/*") == upstream
     assert series.read_bytes() == (built / "results" / "metadata" / "series.parquet").read_bytes()
