@@ -55,8 +55,8 @@ def main() -> None:
         instances = timed("metadata (headers)", parse_instances, data / "test_images", table)
         series = timed("metadata (headers)", summarize_series, instances, table)
         loc = config["localize"]
-        stacks = timed("localizer stacks", build_stacks, instances, series,
-                       {d: loc["image_size"] for d in series["series_description"].unique()}, tmp / "stacks")
+        stacks = timed("localizer stacks", build_stacks, instances, series, loc["image_size"],
+                       tmp / "stacks.npy")
         checkpoints = sorted((args.results / "localize" / "models").glob("*.pt"))
         predictions, _ = timed("localization", localize, "test", checkpoints=checkpoints,
                                stack_index=stacks, instances=instances, series=series, folds=None,
