@@ -75,8 +75,14 @@ def snakemake(workdir: Path, *args: str) -> None:
 
 
 def render_source(root: Path, n_train: int, n_test: int) -> Path:
-    """The largest dataset, rendered once by the workflow's synthesis rules."""
+    """The largest dataset, rendered once by the workflow's synthesis rules (a source
+    rendered earlier with at least as many studies is used as it is)."""
     workdir = root / "source"
+    dataset = workdir / "results" / "synthetic"
+    if all((dataset / f"{split}_series_descriptions.csv").is_file() and
+           pl.read_csv(dataset / f"{split}_series_descriptions.csv")["study_id"].n_unique() >= n
+           for split, n in (("train", n_train), ("test", n_test))):
+        return dataset
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "size.yaml").write_text(yaml.safe_dump({"synthetic": {"n_train": n_train,
                                                                      "n_test": n_test}}))
