@@ -1,6 +1,8 @@
 # Shared helpers of the rule files (the functions live here, so the rule files hold rules only);
 # where the dataset lives, how synthetic studies are sharded, code inputs, seeds, the file
 # lists a rule gathers.
+import functools
+
 import polars as pl
 
 from spinepipe.code_inputs import import_closure
@@ -25,9 +27,15 @@ def shard_settings(wildcards):
     """What one synthetic shard's content depends on: its studies' indices and the
     generator's settings, not the total study count (a new study changes only its shard)."""
     syn = {k: v for k, v in config["synthetic"].items() if k not in ("n_train", "n_test")}
-    split = wildcards.split
-    indices = shard_indices(config["seed"], split, config["synthetic"][f"n_{split}"], SHARDS)
+    indices = _synthetic_shard_indices(wildcards.split)
     return {"seed": config["seed"], "synthetic": syn, "indices": indices[int(wildcards.shard)]}
+
+
+@functools.cache
+def _synthetic_shard_indices(split):
+    """Per shard, its studies' indices: drawn once per split and parse, not once per job
+    (every Slurm job parses the workflow again)."""
+    return shard_indices(config["seed"], split, config["synthetic"][f"n_{split}"], SHARDS)
 
 
 def _source_series_table(split):

@@ -193,10 +193,7 @@ class StackCache:
             self._cache.move_to_end(series_id)
             return self._cache[series_id]
         row = self.rows[series_id]
-        stack = {"images": self._read(row, 0, row["n_slices"]),
-                 "instance_numbers": np.asarray(row["instance_numbers"], dtype=np.int64),
-                 "scale": np.array([row["scale_x"], row["scale_y"]]),
-                 "slice_ok": np.asarray(row["slice_ok"], dtype=bool)}
+        stack = {"images": self._read(row, 0, row["n_slices"]), **self.meta(series_id)}
         self._cache[series_id] = stack
         while len(self._cache) > self.keep:
             self._cache.popitem(last=False)
