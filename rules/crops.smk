@@ -1,12 +1,13 @@
 # Cropped 2.5D views around the localized points, cached as memory-mappable arrays.
 
-# Crop splits: the points each is cut at, and the studies (series.parquet split) it covers.
+# Crop splits: the points each is cut at, and the studies (metadata split) it covers; each
+# reads its own split's files only, so a new test study leaves the train crops alone.
 # train: annotated points (predicted where none), what the severity models train on;
 # test: predicted points; train_predicted: the train studies at their out-of-fold predicted
 # points only, as a test study is cut (the end-to-end CV grades them).
 CROP_SPLITS = {
-    "train": {"coordinates": "results/localize/coordinates.parquet", "studies": "train"},
-    "test": {"coordinates": "results/localize/coordinates.parquet", "studies": "test"},
+    "train": {"coordinates": "results/localize/coordinates_train.parquet", "studies": "train"},
+    "test": {"coordinates": "results/localize/coordinates_test.parquet", "studies": "test"},
     "train_predicted": {
         "coordinates": "results/localize/coordinates_train_predicted.parquet",
         "studies": "train",
@@ -18,8 +19,8 @@ CROP_SPLIT_PATTERN = "|".join(sorted(CROP_SPLITS, key=len, reverse=True))
 rule crops_shard:
     input:
         coordinates=lambda wc: CROP_SPLITS[wc.split]["coordinates"],
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        instances=lambda wc: f"results/metadata/{CROP_SPLITS[wc.split]['studies']}/instances.parquet",
+        series=lambda wc: f"results/metadata/{CROP_SPLITS[wc.split]['studies']}/series.parquet",
         code=script_code("crops_shard"),
     output:
         array="results/crops/{split}/shard{shard}.npy",

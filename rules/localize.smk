@@ -150,16 +150,18 @@ rule localize_merge:
         "../workflow_scripts/localize_merge.py"
 
 
+# The train and test studies' coordinates are separate files: a new test study reruns the
+# test crops and inference, never the train crops or the severity models.
 rule coordinates:
     input:
         annotated=dataset_file("train_label_coordinates.csv"),
         train="results/localize/predictions_train.parquet",
-        test="results/localize/predictions_test.parquet",
-        instances="results/metadata/instances.parquet",
-        series="results/metadata/series.parquet",
+        instances="results/metadata/train/instances.parquet",
+        series="results/metadata/train/series.parquet",
         code=script_code("coordinates"),
     output:
-        coordinates="results/localize/coordinates.parquet",
+        # annotated points, out-of-fold predictions where none (the severity models' crops)
+        coordinates="results/localize/coordinates_train.parquet",
         # the train studies at their out-of-fold predicted points only (crops split
         # train_predicted: the end-to-end CV)
         train_predicted="results/localize/coordinates_train_predicted.parquet",
@@ -189,6 +191,46 @@ rule coordinates:
         noise=config["localize"]["label_noise"],
     script:
         "../workflow_scripts/coordinates.py"
+
+
+rule coordinates_test:
+    input:
+        "results/localize/predictions_test.parquet",
+        code=script_code("coordinates_test"),
+    output:
+        "results/localize/coordinates_test.parquet",
+    log:
+        "logs/localize/coordinates_test.log",
+    benchmark:
+        "results/benchmarks/localize/coordinates_test.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/coordinates_test.py"
+
+
+rule coordinates_merge:
+    input:
+        splits=[f"results/localize/coordinates_{split}.parquet" for split in SPLITS],
+        code=script_code("coordinates_merge"),
+    output:
+        "results/localize/coordinates.parquet",
+    log:
+        "logs/localize/coordinates_merge.log",
+    benchmark:
+        "results/benchmarks/localize/coordinates_merge.tsv"
+    conda:
+        "../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/coordinates_merge.py"
 
 
 rule localize_eval:

@@ -15,7 +15,8 @@ rule train_parent_run:
     input:
         code=script_code("train_parent_run"),
         tracking="results/tracking/experiment.txt",
-        datasets=DATASET_RECORDS,
+        # the train split only: a new test study reruns no training
+        datasets="results/tracking/datasets_train.json",
     output:
         "results/train/parent_run.json",
     log:
@@ -116,7 +117,7 @@ rule cv_eval:
         folds="results/folds.parquet",
         index="results/crops/train_predicted/index.parquet",
         unlocalized="results/localize/unlocalized_train.csv",
-        series="results/metadata/series.parquet",
+        series="results/metadata/train/series.parquet",
         parent="results/train/parent_run.json",
         datasets="results/tracking/datasets_train.json",
         code=script_code("cv_eval"),

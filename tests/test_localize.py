@@ -151,10 +151,9 @@ def test_label_noise_is_reported_and_handled(tiny_train):
         geometric_slice=pl.lit(0), learned_slice=pl.lit(None, pl.Int64), slice_method=pl.lit("geometric"))
     predicted = predicted.with_columns(
         x=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("x") + 20).otherwise(pl.col("x")))
-    empty_test = predicted.head(0)
     for action, expected_annotated in (("keep", coords.height), ("replace", coords.height - 1),
                                        ("drop", coords.height - 1)):
-        merged, noise = merge_coordinates(coords, predicted, empty_test, instances, series, 6.0, action)
+        merged, noise = merge_coordinates(coords, predicted, instances, series, 6.0, action)
         assert noise.filter(pl.col("noisy")).height == 1
         assert merged.filter(pl.col("source") == "annotated").height == expected_annotated
         predicted_rows = merged.filter(pl.col("source") == "predicted").height

@@ -310,8 +310,11 @@ def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
         name = run.info.run_name
         if name.startswith("localize/") or name in severity:
             assert inputs(run) == {"training": train}, (name, inputs(run))
-    assert {d.dataset.digest for d in train_run.inputs.dataset_inputs} == {
-        records["train"]["digest"], records["test"]["digest"]}
+    # the train run holds the train split only (a new test study reruns no training); the
+    # test split is the test evaluation's input
+    assert inputs(train_run) == {"training": train}, inputs(train_run)
+    test_evaluation = by_name["evaluate/test/seed2024"]
+    assert inputs(test_evaluation) == {"evaluation": (records["test"]["name"], records["test"]["digest"])}
 
 
 @pytest.mark.slow
@@ -470,7 +473,8 @@ def planned_wildcards(output: str) -> dict[str, list[str]]:
 def test_adding_a_study_reruns_only_its_shard(workflow_run, split):
     """One more study: every per-study stage (rendering, header parse, localizer stacks and,
     for a test study, localizer inference) reruns for its shard only; a test study leaves
-    the localizer models as they are (a train study changes the folds, so they retrain)."""
+    every trained model (localizers, severity models) and the train crops as they are, and
+    reruns the test crops and inference (a train study changes the folds: all retrain)."""
     workflow_run, _ = workflow_run
     config = make_config()
     count, shards = TINY["synthetic"][f"n_{split}"], config["metadata"]["shards"]
@@ -485,7 +489,13 @@ def test_adding_a_study_reruns_only_its_shard(workflow_run, split):
         assert planned[rule] == [f"split={split}, shard={shard}"], (rule, planned.get(rule))
     if split == "test":
         assert planned["localize"] == [f"split=test, shard={shard}"], planned.get("localize")
-        assert "train_localizer" not in planned and "synthesize_train" not in planned, sorted(planned)
+        # nothing trained reruns: no localizer, no train crops, no severity model
+        trained = {"synthesize_train", "train_localizer", "coordinates", "train_parent_run",
+                   "train_model", "predict_oof", "cv_eval"}
+        assert not trained & set(planned), sorted(planned)
+        assert {w.split(",")[0] for w in planned["crops_shard"]} == {"split=test"}, planned["crops_shard"]
+        assert len(planned["predict_test"]) == len(list((workflow_run / "results" / "train" /
+                                                         "models").glob("*.pt")))
     else:
         assert len(planned["train_localizer"]) == len(list((workflow_run / "results" / "localize" /
                                                              "models").glob("*.pt")))

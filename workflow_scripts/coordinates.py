@@ -1,4 +1,4 @@
-"""Rule coordinates: annotated + predicted coordinates, the train studies' out-of-fold
+"""Rule coordinates: the train studies' annotated + predicted coordinates, their out-of-fold
 predicted points alone (the end-to-end CV's crops), and the label-noise report."""
 import json
 import logging
@@ -20,7 +20,7 @@ noise_cfg = snakemake.params.noise
 predicted_train = pl.read_parquet(snakemake.input.train)
 coordinates, noise = merge_coordinates(
     read_coordinates(Path(snakemake.input.annotated)), predicted_train,
-    pl.read_parquet(snakemake.input.test), pl.read_parquet(snakemake.input.instances),
+    pl.read_parquet(snakemake.input.instances),
     pl.read_parquet(snakemake.input.series), noise_cfg["threshold_mm"], noise_cfg["action"])
 logging.info("%d of %d annotations beyond %.1f mm of their out-of-fold prediction (action: %s)",
              noise.filter(pl.col("noisy")).height, noise.height, noise_cfg["threshold_mm"],

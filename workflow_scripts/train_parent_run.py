@@ -1,6 +1,6 @@
 """Rule train_parent_run: the MLflow run train/seed{seed} that the per-family, per-fold runs
-and the seed's evaluation runs nest under. It holds the seed's params and both splits as
-dataset inputs and is terminated at once: a container that no later job writes to."""
+and the seed's evaluation runs nest under. It holds the seed's params and the train split as its
+dataset input (the test split is cv_report's) and is terminated at once: a container that no later job writes to."""
 import json
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from spinepipe.tracking import create_parent_run, workflow_context
 
 setup_logging(snakemake.log[0])
 workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets,
-                 {"train": "training", "test": "evaluation"})
+                 {"train": "training"})
 seed = int(snakemake.params.seed)
 params = {"train": snakemake.params.train, "crops": snakemake.params.crops,
           "folds": snakemake.params.folds, "seed": seed}

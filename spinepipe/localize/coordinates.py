@@ -17,9 +17,11 @@ COORDINATE_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "series_descri
 
 
 def merge_coordinates(annotated: pl.DataFrame, predicted_train: pl.DataFrame,
-                      predicted_test: pl.DataFrame, instances: pl.DataFrame, series: pl.DataFrame,
+                      instances: pl.DataFrame, series: pl.DataFrame,
                       threshold_mm: float, action: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """coordinates.parquet and the label-noise table.
+    """The train studies' coordinates (annotated, predicted where none) and the label-noise
+    table. Test studies' coordinates are their predictions alone (:func:`predicted_coordinates`),
+    kept apart so a new test study changes nothing the severity models train on.
 
     An annotation farther than ``threshold_mm`` from its out-of-fold prediction (in the plane
     of the annotated slice) is reported; ``action`` keeps it, replaces it by the
@@ -42,9 +44,8 @@ def merge_coordinates(annotated: pl.DataFrame, predicted_train: pl.DataFrame,
                           on=["study_id", "condition", "level"], how="anti")
     if action == "drop":
         fill = fill.join(noisy_keys, on=["study_id", "condition", "level"], how="anti")
-    test = predicted_coordinates(predicted_test)
     columns = list(COORDINATE_SCHEMA)
-    merged = pl.concat([ann.select(columns), fill.select(columns), test.select(columns)])
+    merged = pl.concat([ann.select(columns), fill.select(columns)])
     return merged.sort("study_id", "condition", "level"), noise
 
 
