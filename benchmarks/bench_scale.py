@@ -179,6 +179,16 @@ def summarize(per_size: dict[int, pl.DataFrame]) -> list[dict]:
     return out
 
 
+# Snakemake's benchmark samples memory from half a second into a job: a rule whose every job
+# ends sooner has no measured peak (its figures are printed as "-" and left out of the profile).
+SAMPLED_AFTER_S = 1.0
+
+
+def memory_sampled(row: dict) -> bool:
+    return any(v >= SAMPLED_AFTER_S for k, v in row.items() if k.startswith("slowest_s@") and
+               not k.endswith(f"@{PROJECT_TO}"))
+
+
 def print_table(rows: list[dict], sizes: list[int], shards: int) -> None:
     head = (["rule", "jobs"] + [f"wall s @{s}" for s in sizes] + ["wall s /1000", f"wall s @{PROJECT_TO}"]
             + [f"peak MB @{s}" for s in sizes] + ["peak MB /1000", f"peak MB @{PROJECT_TO}"])
@@ -189,23 +199,29 @@ def print_table(rows: list[dict], sizes: list[int], shards: int) -> None:
     for r in rows:
         cells = ([r["rule"], str(r["jobs"])] + [f"{r[f'total_s@{s}']:.1f}" for s in sizes]
                  + [f"{r['total_s_per_1000']:+.0f}", f"{r[f'total_s@{PROJECT_TO}']:.0f}"]
-                 + [f"{r[f'peak_rss_mb@{s}']:.0f}" for s in sizes]
-                 + [f"{r['peak_rss_mb_per_1000']:+.0f}", f"{r[f'peak_rss_mb@{PROJECT_TO}']:.0f}"])
+                 + ([f"{r[f'peak_rss_mb@{s}']:.0f}" for s in sizes]
+                    + [f"{r['peak_rss_mb_per_1000']:+.0f}", f"{r[f'peak_rss_mb@{PROJECT_TO}']:.0f}"]
+                    if memory_sampled(r) else ["-"] * (len(sizes) + 2)))
         print("| " + " | ".join(cells) + " |")
 
 
 # Epochs the measured one-epoch training jobs stand for in the default config.
 FULL_EPOCHS = {"train_localizer": ("localize", "point_model", "epochs"), "train_model": ("train", "epochs")}
 MEMORY_HEADROOM, RUNTIME_HEADROOM = 1.5, 3.0
+MIN_MEM_MB = 1000  # a job's Python with its imports, whatever it reads
+MIN_RUNTIME_MIN = 15  # a cluster's shared file system and job start are slower than local disk
 
 
 def profile_resources(rows: list[dict], config: dict) -> dict[str, dict[str, int]]:
     """Per rule, ``mem_mb`` and ``runtime`` (minutes) for the cluster profile: the projected
     peak RSS at PROJECT_TO studies times MEMORY_HEADROOM (at least the measured largest,
-    rounded up to 500 MB) and the projected slowest job times RUNTIME_HEADROOM (training:
-    times the default config's epochs; at least 5 minutes)."""
+    rounded up to 500 MB, at least MIN_MEM_MB) and the projected slowest job times
+    RUNTIME_HEADROOM (training: times the default config's epochs; at least MIN_RUNTIME_MIN).
+    Rules with no sampled memory are left out."""
     out = {}
     for r in rows:
+        if not memory_sampled(r):
+            continue  # no measured peak: the profile keeps its own value
         peak = max(r[f"peak_rss_mb@{PROJECT_TO}"], *(v for k, v in r.items() if k.startswith("peak_rss_mb@")))
         seconds = max(r[f"slowest_s@{PROJECT_TO}"], 1.0)
         if r["rule"] in FULL_EPOCHS:
@@ -213,8 +229,8 @@ def profile_resources(rows: list[dict], config: dict) -> dict[str, dict[str, int
             for key in FULL_EPOCHS[r["rule"]]:
                 node = node[key]
             seconds *= node
-        out[r["rule"]] = {"mem_mb": int(np.ceil(peak * MEMORY_HEADROOM / 500) * 500),
-                          "runtime": max(5, int(np.ceil(seconds * RUNTIME_HEADROOM / 60)))}
+        out[r["rule"]] = {"mem_mb": max(MIN_MEM_MB, int(np.ceil(peak * MEMORY_HEADROOM / 500) * 500)),
+                          "runtime": max(MIN_RUNTIME_MIN, int(np.ceil(seconds * RUNTIME_HEADROOM / 60)))}
     return out
 
 
