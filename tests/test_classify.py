@@ -190,8 +190,9 @@ def test_submission_falls_back_and_reports_every_degraded_row(tiny_crops):
     index, labels, _ = tiny_crops
     studies = sorted(index["study_id"].unique().to_list())[:2]
     index = index.filter(pl.col("study_id").is_in(studies)).with_columns(status=pl.lit("ok"))
-    # study 0 lost its axial series: axial views missing
-    lost = (pl.col("study_id") == studies[0]) & pl.col("view").str.starts_with("axial")
+    # study 0 lost its axial series (axial views missing) and its left sagittal T2 recess view
+    lost = (pl.col("study_id") == studies[0]) & (pl.col("view").str.starts_with("axial")
+                                                 | (pl.col("view") == "sag_t2_left"))
     index = index.with_columns(status=pl.when(lost).then(pl.lit("no_series")).otherwise(pl.col("status")))
     frames = []
     for family in ("spinal", "foraminal", "subarticular"):
@@ -212,6 +213,8 @@ def test_submission_falls_back_and_reports_every_degraded_row(tiny_crops):
     prior = prior_predictions(labels, sample["row_id"].to_list())
     for lv in LEVELS:
         assert reasons[f"{studies[0]}_left_subarticular_stenosis_{lv}"] == "prior"
+        # the right recess is still graded, from its sagittal T2 view
+        assert reasons[f"{studies[0]}_right_subarticular_stenosis_{lv}"] == "model (other series)"
         assert reasons[f"{studies[0]}_spinal_canal_stenosis_{lv}"] == "model (other series)"
         assert f"{studies[0]}_left_neural_foraminal_narrowing_{lv}" not in reasons
         assert reasons[f"123_spinal_canal_stenosis_{lv}"] == "prior"
@@ -361,6 +364,39 @@ def test_training_draws_the_predicted_point_twin_at_the_configured_share(tmp_pat
     assert (values(1.0, train=False) == 1.0).all()  # validation and prediction: annotated only
     half = values(0.5)[:, :-1]
     assert 0.35 < (half == 2.0).mean() < 0.65
+
+
+def test_view_dropout_masks_one_cut_view_and_never_a_lone_one(tmp_path):
+    from spinepipe.classify.data import Sample
+
+    side = CROP_CFG["size"] + 2 * CROP_CFG["margin"]
+    path = str(tmp_path / "crops.npy")
+    np.save(path, np.stack([np.full((5, side, side), v, dtype=np.float16) for v in (1.0, 2.0)]))
+    both = Sample(1, LEVELS[0], "left", ["1_x_l1_l2"], [(path, 0), (path, 1)],
+                  [[True] * 5, [True] * 5], ["ok", "ok"], np.array([0]))
+    lone = Sample(2, LEVELS[0], "left", ["2_x_l1_l2"], [(path, 0), (path, 1)],
+                  [[True] * 5, [False] * 5], ["ok", "no_series"], np.array([0]))
+    data = CROP_CFG | {"slice_jitter": 0, "point_jitter": 0}
+
+    def draws(dropout, sample, train=True, rounds=200):
+        dataset = CropDataset([sample], data | {"view_dropout": dropout}, train=train, seed=5)
+        items = [dataset[0] for _ in range(rounds)]
+        return (np.array([[float(it["image"][k * 3:(k + 1) * 3].abs().sum() > 0) for k in (0, 1)]
+                          for it in items]),
+                np.array([it["mask"].view(2, 3).any(1).numpy() for it in items]))
+
+    shown, masks = draws(0.0, both)
+    assert shown.all() and masks.all()
+    shown, masks = draws(0.5, both)
+    dropped = ~masks.all(1)
+    assert 0.35 < dropped.mean() < 0.65
+    assert (masks.sum(1) >= 1).all()                    # never both views
+    assert (shown == masks).all()                       # a masked view is blank too
+    assert masks[dropped, 0].any() and masks[dropped, 1].any()  # either view can go
+    shown, masks = draws(1.0, lone)                     # its only cut view always stays
+    assert (masks[:, 0]).all() and not masks[:, 1].any()
+    shown, masks = draws(1.0, both, train=False)        # validation and prediction see all
+    assert masks.all()
 
 
 def test_auto_jitter_follows_the_measured_localization_error():

@@ -120,9 +120,38 @@ def test_slices_beyond_the_stack_are_masked_and_filled():
 
 CROP_CFG = {"size": 24, "margin": 2, "slices": 1, "extra_slices": 1, "mode": "mm", "fill": "zeros",
             "window_mm": {"spinal": {"sagittal_t2": 56, "axial_t2": 64},
-                          "foraminal": {"sagittal_t1": 48}, "subarticular": {"axial_t2": 48}},
+                          "foraminal": {"sagittal_t1": 48}, "subarticular": {"axial_t2": 48, "sagittal_t2": 48}},
             "window_ratio": {"spinal": {"sagittal_t2": 0.2, "axial_t2": 0.35},
-                             "foraminal": {"sagittal_t1": 0.18}, "subarticular": {"axial_t2": 0.27}}}
+                             "foraminal": {"sagittal_t1": 0.18}, "subarticular": {"axial_t2": 0.27, "sagittal_t2": 0.17}}}
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_recess_views_move_from_the_canal_toward_their_side(reverse):
+    from spinepipe.crops.build import plan_crops
+
+    geometry = sagittal_stack(reverse=reverse)            # slices at x = -9 .. 9 mm, 3 mm apart
+    canal = np.array([0.0, -20.0, 20.0])
+    index, x, y = target_and_pixel(geometry, canal)
+    points = pl.DataFrame({"study_id": [1], "series_id": [10], "instance_number":
+                           [int(geometry.instance_numbers[index])], "condition": ["Spinal Canal Stenosis"],
+                           "level": ["L1/L2"], "x": [x], "y": [y], "series_description": ["Sagittal T2/STIR"],
+                           "source": ["annotated"]})
+    series = pl.DataFrame({"study_id": [1], "series_id": [10], "series_description": ["Sagittal T2/STIR"]})
+    plans = {p["view"]: p for p in plan_crops([1], points, series, {10: geometry}) if p["level"] == "l1_l2"}
+    # 10 mm toward the patient's left (+x in LPS) is the slice at x = 9, toward the right x = -9
+    for view, expected_x in (("sag_t2_left", 9.0), ("sag_t2_right", -9.0)):
+        plan = plans[view]
+        assert plan["status"] == "ok"
+        assert geometry.ipp[plan["slice_index"], 0] == expected_x
+        assert np.allclose(geometry.to_patient(plan["slice_index"], plan["x"], plan["y"])[1:], canal[1:])
+    assert plans["sag_t2_canal"]["slice_index"] == index
+    # a stack that ends short of the recess: the view says so instead of cutting the edge slice
+    narrow = StackGeometry.from_arrays(geometry.instance_numbers[2:5], geometry.ipp[2:5], np.tile(
+        np.concatenate([geometry.row_dir[0], geometry.col_dir[0]]), (3, 1)), geometry.pixel_spacing[2:5],
+        geometry.rows[2:5], geometry.columns[2:5])
+    plans = {p["view"]: p for p in plan_crops([1], points, series, {10: narrow}) if p["level"] == "l1_l2"}
+    assert plans["sag_t2_left"]["status"] == plans["sag_t2_right"]["status"] == "beyond_stack"
+    assert plans["sag_t2_canal"]["status"] == "ok"
 
 
 def crops_from_annotations(dataset, array_path) -> tuple[pl.DataFrame, pl.DataFrame]:

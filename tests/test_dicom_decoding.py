@@ -26,9 +26,9 @@ from spinepipe.xref import stack_geometries
 
 CROP_CFG = {"size": 24, "margin": 2, "slices": 1, "extra_slices": 1, "mode": "mm", "fill": "zeros",
             "window_mm": {"spinal": {"sagittal_t2": 56, "axial_t2": 64},
-                          "foraminal": {"sagittal_t1": 48}, "subarticular": {"axial_t2": 48}},
+                          "foraminal": {"sagittal_t1": 48}, "subarticular": {"axial_t2": 48, "sagittal_t2": 48}},
             "window_ratio": {"spinal": {"sagittal_t2": 0.2, "axial_t2": 0.35},
-                             "foraminal": {"sagittal_t1": 0.18}, "subarticular": {"axial_t2": 0.27}}}
+                             "foraminal": {"sagittal_t1": 0.18}, "subarticular": {"axial_t2": 0.27, "sagittal_t2": 0.17}}}
 GEOMETRY_TAGS = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient",
                  "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "Rows", "Columns")
 

@@ -135,7 +135,10 @@ class CropDataset(Dataset):
     ``point_jitter`` pixels from the cached margins, then applies ``augment`` to all slices
     of the sample alike. With ``predicted_point_share`` p, a draw reads the sample's twin
     cut at its out-of-fold predicted point (``Sample.predicted``, where it has one) with
-    probability p: the localization errors of test time, seen in training.
+    probability p: the localization errors of test time, seen in training. With
+    ``view_dropout`` q, a draw of a sample with two or more cut views masks one of them out
+    (zeros, all-false mask) with probability q: a missing series at test time, seen in
+    training, so the model does not meet a lone view for the first time at test.
     """
 
     def __init__(self, samples: list[Sample], cfg: dict[str, Any], train: bool,
@@ -146,6 +149,7 @@ class CropDataset(Dataset):
         self.slice_jitter = min(cfg.get("slice_jitter", 0), self.extra) if train else 0
         self.point_jitter = min(cfg.get("point_jitter", 0), self.margin) if train else 0
         self.predicted_share = float(cfg.get("predicted_point_share", 0.0)) if train else 0.0
+        self.view_dropout = float(cfg.get("view_dropout", 0.0)) if train else 0.0
         self.rng = np.random.default_rng(seed)
         self._arrays: dict[str, NpyRows] = {}
 
@@ -157,6 +161,17 @@ class CropDataset(Dataset):
         if path not in self._arrays:
             self._arrays[path] = NpyRows(path)
         return self._arrays[path].read(row)[0]
+
+    def _drop_a_view(self, images: list[np.ndarray], masks: list[np.ndarray]) -> None:
+        """With probability ``view_dropout``, blank one of the views that have slices, when
+        at least two do (a sample is never left with nothing to see). Single-view samples
+        draw nothing, so their training is the same with or without view dropout."""
+        present = [k for k, m in enumerate(masks) if m.any()]
+        if not self.view_dropout or len(present) < 2 or self.rng.random() >= self.view_dropout:
+            return
+        k = present[int(self.rng.integers(len(present)))]
+        images[k] = np.zeros_like(images[k])
+        masks[k] = np.zeros_like(masks[k])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sample = self.samples[i]
@@ -174,6 +189,7 @@ class CropDataset(Dataset):
             crop = self._row(path, row)[lo:hi, y0:y0 + self.size, x0:x0 + self.size]
             images.append(np.asarray(crop, dtype=np.float32))
             masks.append(np.asarray(mask[lo:hi], dtype=bool))
+        self._drop_a_view(images, masks)
         stack = np.concatenate(images)  # (T, H, W)
         if self.augment is not None:
             stack = self.augment(image=np.ascontiguousarray(stack.transpose(1, 2, 0)))["image"]

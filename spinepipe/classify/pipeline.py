@@ -132,7 +132,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
              "%.0f%% of the time), %d validation samples; jitter %s", family, fold, len(train), skipped,
              with_twin, 100 * share, len(val), jitter)
     fold_seed = seed + 1000 * fold + sum(map(ord, family))
-    data_cfg = crop_cfg | jitter | {"predicted_point_share": share}
+    data_cfg = crop_cfg | jitter | {"predicted_point_share": share,
+                                    "view_dropout": float(cfg.get("view_dropout", 0.0))}
     augment = build_augment(cfg["augment"])
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)

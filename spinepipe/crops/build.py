@@ -2,7 +2,7 @@
 array with an index parquet; each series is decoded once, whatever its number of crops.
 
 A view that cannot be cut (no series, no point, an unreadable series, a point outside the
-image) is stored as zeros with an all-false slice mask and a status saying why, so every
+image, a lateral view beyond the stack's last slice) is stored as zeros with an all-false slice mask and a status saying why, so every
 (study, level, view) has a row and inference never has to guess what is missing.
 
 Slices are decoded one by one (``spinepipe.pixels.decode_slices``), so one slice that cannot
@@ -80,11 +80,31 @@ def _plan_view(study_id: int, level: str, view: View, points: pl.DataFrame,
     except KeyError:
         plan["status"] = "no_slice"
         return plan
+    if view.lateral_mm and not _move_laterally(plan, geometry, view):
+        plan["status"] = "beyond_stack"
+        return plan
     if not geometry.in_image(plan["slice_index"], plan["x"], plan["y"]):
         plan["status"] = "out_of_image"
         return plan
     plan["status"] = "ok"
     return plan
+
+
+def _move_laterally(plan: dict[str, Any], geometry: StackGeometry, view: View) -> bool:
+    """Move ``plan``'s target to the slice ``view.lateral_mm`` from its point toward the
+    view's side (the point projected onto that slice); False when the stack ends more than
+    one slice spacing short of it."""
+    index = plan["slice_index"]
+    point = geometry.to_patient(index, plan["x"], plan["y"])
+    normal = geometry.normals[index]
+    toward = normal if normal @ np.asarray(view.slice_axis) >= 0 else -normal
+    target = point + view.lateral_mm * toward
+    moved, distance = geometry.nearest(target)
+    if abs(distance) > max(geometry.spacing, 1.0):
+        return False
+    x, y = geometry.to_pixel(moved, target)
+    plan.update(slice_index=moved, instance_number=int(geometry.instance_numbers[moved]), x=x, y=y)
+    return True
 
 
 def _canal_point(points: pl.DataFrame, geometries: dict[int, StackGeometry]) -> np.ndarray | None:

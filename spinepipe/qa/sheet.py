@@ -71,11 +71,13 @@ CROP_ROWS: tuple[tuple[str, str], ...] = (
     ("spinal", "sag_t2_canal"), ("spinal", "axial_canal"),
     ("foraminal", "sag_t1_left"), ("foraminal", "sag_t1_right"),
     ("subarticular", "axial_left"), ("subarticular", "axial_right"),
+    ("subarticular", "sag_t2_left"), ("subarticular", "sag_t2_right"),
 )
 VIEW_SHORT: dict[str, str] = {
     "sag_t2_canal": "spinal: T2 canal", "axial_canal": "spinal: ax canal",
     "sag_t1_left": "foram.: T1 left", "sag_t1_right": "foram.: T1 right",
     "axial_left": "subart.: ax left", "axial_right": "subart.: ax right",
+    "sag_t2_left": "subart.: T2 left", "sag_t2_right": "subart.: T2 right",
 }
 CONDITION_SHORT: dict[str, str] = {
     "spinal_canal_stenosis": "canal",
