@@ -44,6 +44,7 @@ include: "rules/localize.smk"
 include: "rules/crops.smk"
 include: "rules/train.smk"
 include: "rules/submission.smk"
+include: "rules/bundle.smk"
 include: "rules/qa.smk"
 
 

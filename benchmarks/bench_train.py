@@ -21,8 +21,8 @@ import polars as pl
 import torch
 
 from spinepipe.classify.data import CropDataset, build_augment, family_samples, label_targets
+from spinepipe.classify.fold_model import build_model
 from spinepipe.classify.jitter import resolve_jitter
-from spinepipe.classify.pipeline import build_model
 from spinepipe.classify.training import fit
 from spinepipe.config import load_config
 from spinepipe.crops.build import build_crops

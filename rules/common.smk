@@ -5,10 +5,30 @@ import functools
 
 import polars as pl
 
+from spinepipe.bundle.manifest import BundleError, inference_settings, resolve_bundle
 from spinepipe.code_inputs import import_closure
 from spinepipe.dataset import DatasetError, read_series_descriptions
 from spinepipe.synth.generate import SPLIT_CSVS, TRUTH_CSVS, shard_indices
 
+# Predict-only mode (predict.bundle set): the studies of data_dir are graded with a trained
+# bundle, and only inference is planned (targets in default_targets). The bundle is read (a
+# models:/ URI fetched once into results/bundles/) and, in the main process, verified against
+# its manifest before any job; its settings replace the training configuration's.
+PREDICT = bool(config["predict"]["bundle"])
+BUNDLE = None
+if PREDICT:
+    try:
+        BUNDLE = resolve_bundle(
+            config["predict"]["bundle"],
+            Path("results/bundles"),
+            config["mlflow"]["tracking_uri"],
+            verify=workflow.is_main_process,
+        )
+    except BundleError as error:
+        raise WorkflowError(f"predict.bundle: {error}") from error
+# what the inference stages read (localization, crops, ensemble): the bundle's or this config's
+SETTINGS = BUNDLE.settings if PREDICT else inference_settings(config)
+RUNTIME = config["predict"]["runtime"] if PREDICT else "torch"
 SYNTHETIC = not config["data_dir"]
 SYNTHETIC_DIR = Path("results/synthetic")
 DATA_DIR = SYNTHETIC_DIR if SYNTHETIC else Path(config["data_dir"])
@@ -156,6 +176,8 @@ def dataset_file(name):
 
 
 def default_targets():
+    if PREDICT:
+        return ["results/submission.csv", "results/qa/studies"]
     targets = [
         "results/dataset/summary.json",
         "results/metadata/axial_xref.parquet",
@@ -169,6 +191,7 @@ def default_targets():
         "results/qa/galleries",
         "results/qa/mlflow.json",
         "results/tracking/registered_model.json",
+        "results/bundle",
     ]
     if SYNTHETIC:
         targets += [
@@ -193,6 +216,53 @@ def localizer_checkpoints():
         task=LOCALIZE_TASKS,
         fold=range(config["folds"]["n"]),
     )
+
+
+def with_onnx(paths):
+    """Checkpoints and, graded with onnxruntime, their ONNX exports beside them."""
+    paths = [str(p) for p in paths]
+    return (
+        paths + [str(Path(p).with_suffix(".onnx")) for p in paths] if RUNTIME == "onnx" else paths
+    )
+
+
+def localizer_models():
+    """The localizers of rule localize (this run's, or the bundle's)."""
+    return [str(p) for p in BUNDLE.localizers] if PREDICT else localizer_checkpoints()
+
+
+def localizer_onnx():
+    """Their ONNX exports, when grading with onnxruntime."""
+    return with_onnx(localizer_models())[len(localizer_models()) :]
+
+
+def severity_model(wildcards):
+    """The severity fold model predict_test runs: this run's, or the bundle's."""
+    if PREDICT:
+        return str(BUNDLE.severity_model(wildcards.family, wildcards.fold))
+    return f"results/train/models/{wildcards.family}_fold{wildcards.fold}.pt"
+
+
+def severity_onnx(wildcards):
+    """Its ONNX export, when grading with onnxruntime."""
+    return with_onnx([severity_model(wildcards)])[1:]
+
+
+# the ensemble's temperatures and the prior of rows no view serves: this run's, or the bundle's
+TEMPERATURES = (
+    str(BUNDLE.path("temperatures.json")) if PREDICT else "results/train/temperatures.json"
+)
+PRIORS = str(BUNDLE.path("priors.csv")) if PREDICT else "results/train/priors.csv"
+# the metadata tables of the graded studies (a bundle grades its data_dir's test split alone)
+GRADED_METADATA = "results/metadata/test" if PREDICT else "results/metadata"
+
+
+def sample_submission():
+    """sample_submission.csv, optional when grading with a bundle: without it every study
+    of test_series_descriptions.csv is graded at every condition and level."""
+    if PREDICT and not (DATA_DIR / "sample_submission.csv").is_file():
+        return []
+    return [dataset_file("sample_submission.csv")]
 
 
 def crop_shards(split):
@@ -235,14 +305,14 @@ def family_models():
 def test_predictions():
     return expand(
         "results/predict/{family}_fold{fold}.parquet",
-        family=config["train"]["families"],
-        fold=range(config["folds"]["n"]),
+        family=BUNDLE.families if PREDICT else config["train"]["families"],
+        fold=BUNDLE.folds if PREDICT else range(config["folds"]["n"]),
     )
 
 
 def qa_sheet_shards():
     return expand(
         "results/qa/sheets/{split}/shard{shard}",
-        split=("train", "test"),
+        split=("test",) if PREDICT else ("train", "test"),
         shard=range(config["qa"]["shards"]),
     )

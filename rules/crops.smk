@@ -39,7 +39,7 @@ rule crops_shard:
         mem_mb=4000,
         runtime=60,
     params:
-        cfg=config["crops"],
+        cfg=SETTINGS["crops"] | {"shards": config["crops"]["shards"]},
         studies=lambda wc: CROP_SPLITS[wc.split]["studies"],
     script:
         "../workflow_scripts/crops_shard.py"

@@ -26,7 +26,7 @@ rule localizer_stacks:
         mem_mb=1000,
         runtime=60,
     params:
-        size=config["localize"]["image_size"],
+        size=SETTINGS["localize"]["image_size"],
     script:
         "../workflow_scripts/localizer_stacks.py"
 
@@ -98,7 +98,8 @@ rule train_localizer:
 rule localize:
     input:
         unpack(localize_shard_inputs),
-        models=localizer_checkpoints(),
+        models=localizer_models(),
+        onnx=localizer_onnx(),
         code=script_code("localize"),
     output:
         predictions="results/localize/{split}/shard{shard}/predictions.parquet",
@@ -117,7 +118,8 @@ rule localize:
         mem_mb=3000,
         runtime=60,
     params:
-        cfg=config["localize"] | {"foramen_offset_mm": config["geometry"]["foramen_offset_mm"]},
+        cfg=SETTINGS["localize"] | {"foramen_offset_mm": SETTINGS["foramen_offset_mm"]},
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/localize.py"
 

@@ -48,11 +48,16 @@ rule qa_cases:
 
 rule qa_sheets:
     input:
-        series="results/metadata/series.parquet",
-        instances="results/metadata/instances.parquet",
+        series=f"{GRADED_METADATA}/series.parquet",
+        instances=f"{GRADED_METADATA}/instances.parquet",
         stacks="results/localize/stacks/{split}/index.parquet",
         predictions="results/localize/predictions_{split}.parquet",
-        coordinates="results/localize/coordinates.parquet",
+        # (a bundle grades studies without annotations: their predicted points alone)
+        coordinates=(
+            "results/localize/coordinates_test.parquet"
+            if PREDICT
+            else "results/localize/coordinates.parquet"
+        ),
         reasons="results/localize/unlocalized_{split}.csv",
         crops=lambda wc: QA_SOURCES[wc.split]["crops"],
         probabilities=lambda wc: QA_SOURCES[wc.split]["probabilities"],
@@ -75,10 +80,10 @@ rule qa_sheets:
         mem_mb=3000,
         runtime=30,
     params:
-        crops=config["crops"],
+        crops=SETTINGS["crops"],
         shards=config["qa"]["shards"],
         dpi=config["qa"]["dpi"],
-        foramen_offset_mm=config["geometry"]["foramen_offset_mm"],
+        foramen_offset_mm=SETTINGS["foramen_offset_mm"],
     script:
         "../workflow_scripts/qa_sheets.py"
 

@@ -3,7 +3,8 @@
 
 rule predict_test:
     input:
-        model="results/train/models/{family}_fold{fold}.pt",
+        model=severity_model,
+        onnx=severity_onnx,
         index="results/crops/test/index.parquet",
         code=script_code("predict_test"),
     output:
@@ -23,8 +24,9 @@ rule predict_test:
         runtime=60,
         gpu=TRAIN_GPU,
     params:
-        cfg=config["inference"],
+        cfg=SETTINGS["inference"] | {"batch_size": config["inference"]["batch_size"]},
         device=config["train"]["device"],
+        runtime=RUNTIME,
     script:
         "../workflow_scripts/predict_test.py"
 
@@ -32,12 +34,13 @@ rule predict_test:
 rule submission:
     input:
         predictions=test_predictions(),
-        temperatures="results/train/temperatures.json",
-        sample=dataset_file("sample_submission.csv"),
-        labels=dataset_file("train.csv"),
+        temperatures=TEMPERATURES,
+        # training label frequencies: the prediction of a row no view serves
+        priors=PRIORS,
+        sample=sample_submission(),
         index="results/crops/test/index.parquet",
         unlocalized="results/localize/unlocalized_test.csv",
-        series="results/metadata/series.parquet",
+        series="results/metadata/test/series.parquet",
         code=script_code("submission"),
     output:
         submission="results/submission.csv",
@@ -57,7 +60,7 @@ rule submission:
         mem_mb=4000,
         runtime=15,
     params:
-        cfg=config["inference"],
+        cfg=SETTINGS["inference"],
     script:
         "../workflow_scripts/submission.py"
 

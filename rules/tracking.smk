@@ -1,4 +1,4 @@
-# MLflow: the experiment, each split recorded as a dataset, the registered fold ensemble.
+# MLflow: the experiment, each split recorded as a dataset, the registered bundle.
 
 
 rule tracking_init:
@@ -50,10 +50,7 @@ rule dataset_record:
 
 rule register_model:
     input:
-        models=family_models(),
-        temperatures="results/train/temperatures.json",
-        labels=dataset_file("train.csv"),
-        index="results/crops/test/index.parquet",
+        bundle="results/bundle",
         cv="results/eval/cv.json",
         parent="results/train/parent_run.json",
         code=script_code("register_model"),
@@ -69,7 +66,6 @@ rule register_model:
         runtime=15,
     params:
         tracking=config["mlflow"],
-        inference=config["inference"],
         name=config["registry"]["name"],
     script:
         "../workflow_scripts/register_model.py"

@@ -26,6 +26,8 @@ DATASET_FILES = (
     "test_series_descriptions.csv",
     "sample_submission.csv",
 )
+# what grading new studies with a trained bundle reads (sample_submission.csv is optional)
+PREDICT_FILES = ("test_series_descriptions.csv", "test_images")
 
 
 class ConfigError(ValueError):
@@ -75,6 +77,10 @@ def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> 
     elif weights is not None and sum(weights) <= 0:
         problems.append("  inference.fold_weights: the weights sum to zero")
     data_dir = config.get("data_dir", "")
+    predicting = bool(config.get("predict", {}).get("bundle"))
+    if predicting and not data_dir:
+        problems.append("  data_dir: predict.bundle is set, so data_dir must name the folder of the "
+                        "studies to grade (test_images/ and test_series_descriptions.csv)")
     if data_dir:
         folder = Path(data_dir)
         if not folder.is_absolute() and base_dir is not None:
@@ -82,7 +88,8 @@ def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> 
         if not folder.is_dir():
             problems.append(f"  data_dir: folder '{folder}' does not exist")
         else:
-            missing = [f for f in DATASET_FILES if not (folder / f).is_file()]
+            needed = PREDICT_FILES if predicting else DATASET_FILES
+            missing = [f for f in needed if not (folder / f).exists()]
             if missing:
                 problems.append(f"  data_dir: '{folder}' lacks {', '.join(missing)}")
     if problems:

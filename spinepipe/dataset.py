@@ -25,6 +25,7 @@ to the prior downstream). The workflow calls it before any job for a real ``data
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,33 @@ def validate_dataset(data_dir: Path) -> Dataset:
         log.warning("%s: %d studies of train.csv have no series in train_series_descriptions.csv "
                     "(e.g. %s)", data_dir, len(unlisted), sorted(unlisted)[:_SHOWN])
     return dataset
+
+
+def validate_predict_folder(data_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The folder of studies a trained bundle grades: ``test_series_descriptions.csv`` with at
+    least one study, ``test_images/``, and optionally ``sample_submission.csv`` (no train
+    file is read). Returns the series table and the sample (None when absent); raises
+    DatasetError naming the file and the problem."""
+    series = read_series_descriptions(data_dir / "test_series_descriptions.csv")
+    if series.height == 0:
+        raise DatasetError(f"{data_dir / 'test_series_descriptions.csv'}: no studies to grade")
+    if not (data_dir / "test_images").is_dir():
+        raise DatasetError(f"{data_dir / 'test_images'}: missing (the studies' DICOM folders)")
+    sample_path = data_dir / "sample_submission.csv"
+    sample = read_submission(sample_path) if sample_path.is_file() else None
+    if sample is not None:
+        without = sorted(set(submission_study_ids(sample).to_list()) - set(series["study_id"].to_list()))
+        if without:
+            log.warning("%s: %d studies have no series in test_series_descriptions.csv (e.g. %s): "
+                        "their rows will take the prior", sample_path, len(without), without[:_SHOWN])
+    return series, sample
+
+
+def submission_rows(study_ids: Sequence[int]) -> pl.DataFrame:
+    """The 25 submission row ids of each study (every condition at every level), in the
+    competition's sample order: what is graded when no sample_submission.csv is given."""
+    return pl.DataFrame({"row_id": [f"{s}_{c}_{lv}" for s in study_ids for c in CONDITIONS for lv in LEVELS]},
+                        schema={"row_id": pl.String})
 
 
 def summarize_dataset(data_dir: Path) -> dict[str, Any]:

@@ -266,23 +266,18 @@ def _counts(values: pl.Series) -> np.ndarray:
 PRIOR_PSEUDO_COUNT = 1.0
 
 
-def prior_predictions(train_labels: pl.DataFrame, row_ids: Sequence[str]) -> pl.DataFrame:
-    """Predict, for each row_id, the smoothed training label frequencies of its condition-level column.
+def prior_table(train_labels: pl.DataFrame) -> pl.DataFrame:
+    """The smoothed training label frequencies of every condition-level column: ``condition``,
+    ``level``, ``normal_mild``, ``moderate``, ``severe`` (what :func:`prior_predictions` predicts;
+    a trained bundle carries it instead of the labels).
 
     Frequencies are the class shares among the column's non-null labels, shrunk by
     ``PRIOR_PSEUDO_COUNT`` observations towards the pooled (Laplace-smoothed)
     frequencies of its condition group; a column with no labels takes the group's
     frequencies, and a group with no labels at all is uniform.
 
-    Args:
-        train_labels: wide labels table (like ``train.csv``).
-        row_ids: submission row ids ``f"{study_id}_{condition}_{level}"``.
-
-    Returns:
-        ``row_id``, ``normal_mild``, ``moderate``, ``severe`` in ``row_ids`` order.
-
     Raises:
-        ValueError: if a row_id is malformed or a label column is absent.
+        ValueError: if a label column is absent.
     """
     cols = _label_columns()
     missing = [c for c in cols if c not in train_labels.columns]
@@ -309,10 +304,38 @@ def prior_predictions(train_labels: pl.DataFrame, row_ids: Sequence[str]) -> pl.
             rows["level"].append(lv)
             for name, value in zip(_PRED_COLS, freq):
                 rows[name].append(float(value))
-    table = pl.DataFrame(rows)
+    return pl.DataFrame(rows)
 
-    return (
-        _parse_row_ids(row_ids)
-        .join(table, on=["condition", "level"], how="left", maintain_order="left")
-        .select("row_id", *_PRED_COLS)
-    )
+
+def priors_for_rows(table: pl.DataFrame, row_ids: Sequence[str]) -> pl.DataFrame:
+    """Each row_id's prior from a :func:`prior_table`: ``row_id`` and the three
+    probabilities, in ``row_ids`` order.
+
+    Raises:
+        ValueError: if a row_id is malformed or its condition and level are not in the table.
+    """
+    rows = (_parse_row_ids(row_ids)
+            .join(table, on=["condition", "level"], how="left", maintain_order="left")
+            .select("row_id", *_PRED_COLS))
+    unknown = rows.filter(pl.any_horizontal(pl.col(c).is_null() for c in _PRED_COLS))
+    if unknown.height:
+        raise ValueError(f"no prior for rows {unknown['row_id'].head(3).to_list()} (condition or level "
+                         "not in the prior table)")
+    return rows
+
+
+def prior_predictions(train_labels: pl.DataFrame, row_ids: Sequence[str]) -> pl.DataFrame:
+    """Predict, for each row_id, the smoothed training label frequencies of its
+    condition-level column (:func:`prior_table`).
+
+    Args:
+        train_labels: wide labels table (like ``train.csv``).
+        row_ids: submission row ids ``f"{study_id}_{condition}_{level}"``.
+
+    Returns:
+        ``row_id``, ``normal_mild``, ``moderate``, ``severe`` in ``row_ids`` order.
+
+    Raises:
+        ValueError: if a row_id is malformed or a label column is absent.
+    """
+    return priors_for_rows(prior_table(train_labels), row_ids)

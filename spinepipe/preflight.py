@@ -153,13 +153,16 @@ def check_tracking(tracking: Mapping[str, Any], workdir: Path) -> list[str]:
 
 def check_data_dir(config: Mapping[str, Any], workdir: Path) -> list[str]:
     """A configured competition folder passes the dataset checks (file, line, problem)."""
-    from spinepipe.dataset import DatasetError, validate_dataset
+    from spinepipe.dataset import DatasetError, validate_dataset, validate_predict_folder
 
     data_dir = config.get("data_dir") or ""
     if not data_dir:
         return []  # the synthetic dataset is generated and checked by the workflow
     try:
-        validate_dataset(_resolve(data_dir, workdir))
+        if config.get("predict", {}).get("bundle"):
+            validate_predict_folder(_resolve(data_dir, workdir))
+        else:
+            validate_dataset(_resolve(data_dir, workdir))
     except DatasetError as error:
         return [f"  data_dir: {error}"]
     return []

@@ -18,7 +18,8 @@ from spinepipe.classify.end_to_end import (
     evaluate_cv,
     held_out_studies,
 )
-from spinepipe.classify.evaluate import LOGITS, fit_temperature
+from spinepipe.classify.evaluate import fit_temperature
+from spinepipe.classify.fold_model import LOGITS, PREDICTION_SCHEMA, build_model, predictions_frame
 from spinepipe.classify.inference import (
     assemble_submission,
     ensemble,
@@ -26,12 +27,17 @@ from spinepipe.classify.inference import (
     validate_submission,
 )
 from spinepipe.classify.models import SeverityModel
-from spinepipe.classify.pipeline import PREDICTION_SCHEMA, build_model, predictions_frame
 from spinepipe.classify.training import fit, lr_lambda, severity_loss
 from spinepipe.constants import LABEL_COLUMNS, LEVELS
 from spinepipe.dataset import read_labels
 from spinepipe.folds import make_folds
-from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
+from spinepipe.metric import (
+    labels_to_long,
+    prior_predictions,
+    prior_table,
+    score,
+    weighted_log_loss,
+)
 
 TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16, "dropout": 0.0,
              "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
@@ -207,7 +213,7 @@ def test_submission_falls_back_and_reports_every_degraded_row(tiny_crops):
         .then(float("nan")).otherwise(pl.col("logit_severe")))
     sample = _sample_submission([*studies, 123])
     ensembled = ensemble(predictions, {"spinal": 2.0}, None)
-    submission, degraded = assemble_submission(sample, ensembled, labels, index)
+    submission, degraded = assemble_submission(sample, ensembled, prior_table(labels), index)
     validate_submission(submission, sample)
     reasons = dict(zip(degraded["row_id"], degraded["fallback"]))
     prior = prior_predictions(labels, sample["row_id"].to_list())

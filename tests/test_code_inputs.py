@@ -135,6 +135,38 @@ def test_code_inputs_are_the_scripts_closure_and_not_the_whole_package(rules, im
     assert rules["train_model_seed"]["code"] == rules["train_model"]["code"]
 
 
+# The rules a predict-only run plans (tests/test_workflow.py checks a run plans exactly
+# these), and the package modules whose job is training, evaluation against labels or
+# experiment tracking: prediction must run (and rerun) without any of them.
+PREDICT_RULES = ("instances_shard", "metadata_split", "localizer_stacks", "stacks_index", "localize",
+                 "localize_merge", "coordinates_test", "crops_shard", "crops_index", "predict_test",
+                 "submission", "qa_sheets", "qa_studies")
+TRAINING_MODULES = ("spinepipe/classify/training.py", "spinepipe/classify/pipeline.py",
+                    "spinepipe/classify/plots.py", "spinepipe/classify/jitter.py",
+                    "spinepipe/classify/evaluate.py", "spinepipe/classify/end_to_end.py",
+                    "spinepipe/classify/seeds.py", "spinepipe/classify/mlflow_model.py",
+                    "spinepipe/localize/training.py", "spinepipe/localize/pipeline.py",
+                    "spinepipe/localize/evaluate.py", "spinepipe/tracking.py", "spinepipe/tracking_datasets.py",
+                    "spinepipe/seeding.py", "spinepipe/folds.py", "spinepipe/bundle/write.py",
+                    "spinepipe/bundle/registry.py", "spinepipe/synth/__init__.py")
+
+
+def test_prediction_rules_import_no_training_module(rules, imported):
+    """The scripts of the predict-only rules: their static closures (what their code inputs
+    are, lazy imports included) and what importing them loads reach no training, evaluation
+    or tracking module."""
+    training = {str((REPO / m).resolve()) for m in TRAINING_MODULES}
+    assert all(Path(m).is_file() for m in training), "a listed training module no longer exists"
+    reached = {}
+    for name in PREDICT_RULES:
+        rule = rules[name]
+        script = str(script_file(REPO / "Snakefile", rule["script"]))
+        closure = {str(Path(p).resolve()) for p in rule["code"]} | imported[script]
+        if found := sorted(closure & training):
+            reached[name] = [str(Path(p).relative_to(REPO)) for p in found]
+    assert not reached, f"prediction rules that import training code: {reached}"
+
+
 def test_closure_follows_relative_imports_inside_functions_and_parent_packages(tmp_path):
     package = tmp_path / "spinepipe"
     (package / "sub").mkdir(parents=True)

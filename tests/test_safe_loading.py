@@ -12,11 +12,11 @@ import torch
 
 from spinepipe import checkpoints
 from spinepipe.checkpoints import CheckpointError
-from spinepipe.classify.pipeline import build_model, load_model
+from spinepipe.classify.fold_model import build_model, load_model
 from spinepipe.classify.training import fit
 from spinepipe.localize.inference import load_models
 from spinepipe.localize.models import PointModel
-from spinepipe.localize.pipeline import localize
+from spinepipe.localize.predict import localize
 from spinepipe.localize.training import save_checkpoint
 
 CROPS = {"size": 32, "margin": 0, "slices": 0, "extra_slices": 0}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from spinepipe.classify.data import CropDataset, Sample
-from spinepipe.classify.pipeline import build_model
+from spinepipe.classify.fold_model import build_model
 from spinepipe.classify.training import fit
 from spinepipe.constants import LEVELS
 from spinepipe.tracking import RunLogger, TrackingError, init_tracking, mlflow_run

@@ -366,28 +366,149 @@ def test_every_mlflow_run_is_opened_and_closed_by_one_job(workflow_run):
     assert artifact_files > 0, "no artifact file found: the artifact check saw nothing"
 
 
-@pytest.mark.slow
-def test_registered_ensemble_grades_test_studies_as_the_pipeline_did(workflow_run, monkeypatch):
-    """models:/<name>/<version> loads back with mlflow.pyfunc and, given the test studies'
-    crop index, gives the submission's probabilities (every row, fallbacks included); the
-    version carries the run's scores; every fold run has its own logged model."""
-    import mlflow
+def new_studies_folder(results: Path, target: Path) -> Path:
+    """A folder as the hidden test set or a hospital gives it: the test studies' images (the
+    damaged ones included) and their series CSV; no train file, no sample submission."""
+    shutil.copytree(results / "synthetic" / "test_images", target / "test_images")
+    shutil.copy(results / "synthetic" / "test_series_descriptions.csv", target)
+    return target
 
-    workflow_run, _ = workflow_run
-    results = workflow_run / "results"
-    monkeypatch.chdir(workflow_run)  # the crop index holds paths relative to the run folder
+
+def assert_same_grades(graded: pl.DataFrame, reference: pl.DataFrame, atol: float) -> None:
+    assert sorted(graded["row_id"].to_list()) == sorted(reference["row_id"].to_list())
+    joined = reference.join(graded, on="row_id", suffix="_graded")
+    for column in ("normal_mild", "moderate", "severe"):
+        difference = (joined[column] - joined[f"{column}_graded"]).abs().max()
+        assert difference <= atol, (column, difference)
+
+
+def same_degraded_rows(results: Path, reference: Path) -> None:
+    mine = pl.read_csv(results / "eval" / "degraded_rows.csv").sort("row_id")
+    theirs = pl.read_csv(reference / "eval" / "degraded_rows.csv").sort("row_id")
+    assert mine.height > 0 and mine.equals(theirs), (mine, theirs)
+
+
+@pytest.fixture(scope="module")
+def predict_run(workflow_run, tmp_path_factory):
+    """The tiny run's bundle grading a folder holding only its test studies, with the same
+    Snakefile in predict-only mode: (training run, studies folder, predict run folder, the
+    jobs the dry run planned)."""
+    run, _ = workflow_run
+    base = tmp_path_factory.mktemp("predict")
+    folder = new_studies_folder(run / "results", base / "studies")
+    workdir = base / "run"
+    workdir.mkdir()
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (workdir / "predict.yaml").write_text(yaml.safe_dump(
+        {"data_dir": str(folder), "predict": {"bundle": str(run / "results" / "bundle")}}))
+    dry = snakemake(workdir, "--configfile", "tiny.yaml", "predict.yaml", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    result = snakemake(workdir, "--configfile", "tiny.yaml", "predict.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, folder, workdir, planned_jobs(dry.stdout)
+
+
+@pytest.mark.slow
+def test_a_bundle_grades_new_studies_as_the_training_run_did(predict_run):
+    """Predict-only: only inference is planned (no training rule; no train CSV exists to be
+    read), and the submission and degraded rows equal the training run's for its test
+    studies; the bundle holds every fold model with its ONNX export, and nothing of the
+    training data but the priors."""
+    from test_code_inputs import PREDICT_RULES
+
+    run, folder, workdir, planned = predict_run
+    assert set(planned) == {*PREDICT_RULES, "all"}, planned
+    assert not list(folder.glob("train*")) and not (folder / "sample_submission.csv").exists()
+    results = workdir / "results"
+    assert_same_grades(pl.read_csv(results / "submission.csv"), pl.read_csv(run / "results" / "submission.csv"),
+                       atol=1e-5)
+    same_degraded_rows(results, run / "results")
+    tests = pl.read_csv(folder / "test_series_descriptions.csv")["study_id"].unique().to_list()
+    assert sorted(int(p.stem) for p in (results / "qa" / "studies").glob("*.png")) == sorted(tests)
+    bundle = run / "results" / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    folds = TINY["folds"]["n"]
+    assert len(manifest["localizers"]) == 2 * 3 * folds and len(manifest["severity_models"]) == 3 * folds
+    for model in manifest["localizers"] + manifest["severity_models"]:
+        assert {model, str(Path(model).with_suffix(".onnx"))} <= manifest["files"].keys()
+    meta = checkpoints.load(bundle / manifest["severity_models"][0])["meta"]
+    assert "train_studies" not in meta and "history" not in meta
+    card = (bundle / "MODEL_CARD.md").read_text()
+    cv = json.loads((run / "results" / "eval" / "cv.json").read_text())
+    assert f"{cv['cv_score']:.4f}" in card and f"{cv['test_score']:.4f}" in card and "synthetic" in card
+
+
+@pytest.mark.slow
+def test_a_registered_bundle_grades_with_onnxruntime(predict_run):
+    """predict.bundle: models:/<name>/<version> (fetched from the training run's registry)
+    and predict.runtime: onnx give the training run's submission within 1e-4."""
+    run, _, workdir, _ = predict_run
+    record = json.loads((run / "results" / "tracking" / "registered_model.json").read_text())
+    assert "error" not in record, record
+    (workdir / "registry.yaml").write_text(yaml.safe_dump(
+        {"predict": {"bundle": record["uri"], "runtime": "onnx"},
+         "mlflow": {"tracking_uri": f"sqlite:///{run / 'results' / 'mlflow.db'}"}}))
+    result = snakemake(workdir, "--configfile", "tiny.yaml", "predict.yaml", "registry.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = workdir / "results"
+    assert (results / "bundles" / f"{record['name']}-v{record['version']}" / "artifacts" / "bundle"
+            / "manifest.json").is_file()
+    assert "runtime onnx" in (workdir / "logs" / "predict" / "spinal_fold0.log").read_text()
+    assert_same_grades(pl.read_csv(results / "submission.csv"), pl.read_csv(run / "results" / "submission.csv"),
+                       atol=1e-4)
+    same_degraded_rows(results, run / "results")
+
+
+@pytest.mark.slow
+def test_a_bundle_or_folder_that_cannot_be_used_is_refused_before_any_work(predict_run, tmp_path):
+    """An altered or missing bundle file, another bundle format, an absent bundle and a folder
+    without studies: each stops the run at its start with a message naming the problem."""
+    run, folder, workdir, _ = predict_run
+    bundle = run / "results" / "bundle"
+    cases = {}
+    altered = shutil.copytree(bundle, tmp_path / "altered")
+    onnx = altered / "severity" / "spinal_fold0.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    cases["altered"] = (altered, folder, "severity/spinal_fold0.onnx: altered")
+    missing = shutil.copytree(bundle, tmp_path / "missing")
+    (missing / "localizers" / "point_axial_t2_fold1.pt").unlink()
+    cases["missing"] = (missing, folder, "localizers/point_axial_t2_fold1.pt: missing")
+    other = shutil.copytree(bundle, tmp_path / "other_format")
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(manifest | {"format": 999}))
+    cases["format"] = (other, folder, "bundle format 999")
+    cases["absent"] = (tmp_path / "nowhere", folder, "no such folder")
+    empty = tmp_path / "empty"
+    (empty / "test_images").mkdir(parents=True)
+    (empty / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n")
+    cases["no studies"] = (bundle, empty, "no studies to grade")
+    for name, (path, data_dir, message) in cases.items():
+        overlay = workdir / f"{name.replace(' ', '_')}.yaml"
+        overlay.write_text(yaml.safe_dump({"data_dir": str(data_dir), "predict": {"bundle": str(path)}}))
+        result = snakemake(workdir, "--configfile", "tiny.yaml", overlay.name, "--dry-run")
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and message in output, (name, output[-2000:])
+
+
+@pytest.mark.slow
+def test_registered_bundle_grades_a_folder_of_dicom_through_mlflow(predict_run):
+    """models:/<name>/<version> loads back with mlflow.pyfunc; given a folder of studies
+    (its input is DICOM) it grades them in one process as the workflow did; the version
+    carries the run's scores; every fold run has its own logged model."""
+    import mlflow
+    import pandas as pd
+
+    run, folder, _, _ = predict_run
+    results = run / "results"
     record = json.loads((results / "tracking" / "registered_model.json").read_text())
     assert "error" not in record, record
     uri = f"sqlite:///{results / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(record["uri"])
-    index = pl.read_parquet(results / "crops" / "test" / "index.parquet")
-    graded = pl.from_pandas(model.predict(index.to_pandas()))
-    submission = pl.read_csv(results / "submission.csv")
-    assert sorted(graded["row_id"].to_list()) == sorted(submission["row_id"].to_list())
-    joined = submission.join(graded, on="row_id", suffix="_mlflow")
-    for column in ("normal_mild", "moderate", "severe"):
-        assert np.allclose(joined[column], joined[f"{column}_mlflow"], atol=1e-6), column
+    graded = pl.from_pandas(model.predict(pd.DataFrame({"data_dir": [str(folder)]})))
+    assert_same_grades(graded, pl.read_csv(results / "submission.csv"), atol=1e-5)
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version(record["name"], record["version"])
     cv = json.loads((results / "eval" / "cv.json").read_text())
@@ -527,4 +648,4 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
         "predict_test": 3 * folds, "submission": 1, "cv_report": 1,
         # the sheets show the probabilities: every sheet shard, galleries and their tracking
         "qa_cases": 1, "qa_sheets": 2 * shards, "qa_studies": 1, "qa_galleries": 1, "qa_mlflow": 1,
-        "register_model": 1, "all": 1}, result.stdout[-3000:]
+        "bundle": 1, "register_model": 1, "all": 1}, result.stdout[-3000:]

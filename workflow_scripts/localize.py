@@ -3,7 +3,7 @@ from pathlib import Path
 
 import polars as pl
 
-from spinepipe.localize.pipeline import localize
+from spinepipe.localize.predict import localize
 from spinepipe.logs import setup_logging
 
 setup_logging(snakemake.log[0])
@@ -14,6 +14,6 @@ predictions, reasons = localize(
     instances=pl.read_parquet(snakemake.input.instances),
     series=pl.read_parquet(snakemake.input.series),
     folds=pl.read_parquet(snakemake.input.folds) if split == "train" else None,
-    cfg=snakemake.params.cfg, threads=snakemake.threads)
+    cfg=snakemake.params.cfg, threads=snakemake.threads, runtime=snakemake.params.runtime)
 predictions.write_parquet(snakemake.output.predictions)
 reasons.write_csv(snakemake.output.reasons)

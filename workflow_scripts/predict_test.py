@@ -1,4 +1,5 @@
-"""Rule predict_test: one fold model of one family over the test crops."""
+"""Rule predict_test: one fold model of one family over the test crops (in torch, or its ONNX
+export in onnxruntime)."""
 from pathlib import Path
 
 import polars as pl
@@ -13,4 +14,4 @@ torch.set_num_threads(max(snakemake.threads, 1))
 cfg = snakemake.params.cfg
 device = resolve_device(snakemake.params.device, "train.device")
 predict_family(Path(snakemake.input.model), pl.read_parquet(snakemake.input.index), cfg["tta"],
-               cfg["batch_size"], device).write_parquet(snakemake.output[0])
+               cfg["batch_size"], device, snakemake.params.runtime).write_parquet(snakemake.output[0])

@@ -1,13 +1,12 @@
-"""Rule register_model: the fold ensemble as an MLflow model of this job's own run
-register/seed{seed} (nested under the seed's train run), registered under registry.name with
-its CV and test scores on the new version."""
+"""Rule register_model: the bundle (results/bundle, every model grading needs; its input is a
+folder of DICOM studies) as an MLflow model of this job's own run register/seed{seed} (nested
+under the seed's train run), registered under registry.name with its CV and test scores on
+the new version."""
 import json
 import logging
 from pathlib import Path
 
-import polars as pl
-
-from spinepipe.classify.mlflow_model import log_model
+from spinepipe.bundle.registry import log_bundle
 from spinepipe.logs import setup_logging
 from spinepipe.tracking import (
     RetryPolicy,
@@ -32,11 +31,8 @@ record = {"name": name, "run_id": None, "run_name": run_name, "train_run_id": pa
 
 
 def register(run_id: str) -> str:
-    info = call_with_retry("model registration", uri, policy, log_model, run_id, uri, "ensemble",
-                           [Path(p) for p in snakemake.input.models],
-                           json.loads(Path(snakemake.input.temperatures).read_text()),
-                           Path(snakemake.input.labels), snakemake.params.inference,
-                           pl.read_parquet(snakemake.input.index), name)
+    info = call_with_retry("model registration", uri, policy, log_bundle, run_id, uri,
+                           Path(snakemake.input.bundle), name)
     version = str(info.registered_model_version)
     call_with_retry("model version tags", uri, policy, describe, run_id, version)
     return version
@@ -51,7 +47,8 @@ def describe(run_id: str, version: str) -> None:
     client.set_model_version_tag(name, version, "source_run", run_id)
     client.set_model_version_tag(name, version, "train_run", parent["run_id"])
     client.update_model_version(name, version, description=(
-        f"Fold ensemble of run {parent['run_name']} ({parent['run_id']}): "
+        f"Bundle (localizers and severity fold ensemble) of run {parent['run_name']} ({parent['run_id']}); "
+        "input: a folder of studies (column data_dir); "
         + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
 
 

@@ -33,7 +33,7 @@ from spinepipe import checkpoints
 from spinepipe.classify.evaluate import breakdown, evaluate_oof, fit_temperatures, plot_evaluation
 from spinepipe.classify.inference import assemble_submission, ensemble, predict_family
 from spinepipe.constants import SUBMISSION_COLUMNS
-from spinepipe.metric import labels_to_long, prior_predictions, score
+from spinepipe.metric import labels_to_long, prior_predictions, prior_table, score
 
 if TYPE_CHECKING:
     import torch
@@ -136,7 +136,8 @@ def end_to_end_predictions(predictions: pl.DataFrame, folds: pl.DataFrame, label
         held_out = rows.filter(pl.col("fold") == fold)
         others = labels.filter(~pl.col("study_id").is_in(held_out["study_id"].unique().to_list()))
         ensembled = ensemble(predictions.filter(pl.col("fold") == fold), temperatures, None)
-        fold_probs, fold_degraded = assemble_submission(held_out.select("row_id"), ensembled, others,
+        fold_probs, fold_degraded = assemble_submission(held_out.select("row_id"), ensembled,
+                                                        prior_table(others),
                                                         crop_index, unlocalized, series)
         probs.append(fold_probs.with_columns(fold=pl.lit(fold, dtype=pl.Int64)))
         degraded.append(fold_degraded.with_columns(fold=pl.lit(fold, dtype=pl.Int64)))

@@ -12,13 +12,13 @@ import polars as pl
 from scipy.optimize import minimize_scalar
 from scipy.special import softmax
 
+from spinepipe.classify.fold_model import LOGITS
 from spinepipe.classify.plots import confusion, plot_calibration, plot_confusions
 from spinepipe.constants import CONDITIONS, LEVELS, SUBMISSION_COLUMNS
 from spinepipe.metric import labels_to_long, prior_predictions, score, weighted_log_loss
 
 log = logging.getLogger(__name__)
 
-LOGITS = [f"logit_{c}" for c in SUBMISSION_COLUMNS]
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, class_weights: np.ndarray) -> float:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 from scipy.special import softmax
+from torch.utils.data import DataLoader
 
 from spinepipe.classify.data import CropDataset, family_samples
-from spinepipe.classify.evaluate import LOGITS
-from spinepipe.classify.pipeline import load_model, predictions_frame
-from spinepipe.classify.training import make_loader
+from spinepipe.classify.fold_model import LOGITS, load_model, predictions_frame
 from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS
 from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
-from spinepipe.metric import prior_predictions
+from spinepipe.metric import priors_for_rows
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,16 @@ def flip_spinal(images: torch.Tensor, n_views: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_family(model_path: Path, index: pl.DataFrame, tta: bool, batch_size: int,
-                   device: torch.device | str = "cpu") -> pl.DataFrame:
-    """Logits of one fold model for every sample of its family in ``index``."""
-    model, meta = load_model(model_path, device)
+                   device: torch.device | str = "cpu", runtime: str = "torch",
+                   loaded: tuple[Any, dict[str, Any]] | None = None) -> pl.DataFrame:
+    """Logits of one fold model for every sample of its family in ``index`` (``runtime``:
+    the checkpoint in torch, or its ONNX export in onnxruntime; ``loaded``: the model and
+    meta ``load_model`` already read from ``model_path``)."""
+    model, meta = loaded if loaded is not None else load_model(model_path, device, runtime)
     family, crops = meta["family"], meta["crops"]
     samples = family_samples(family, index)
-    loader = make_loader(CropDataset(samples, crops, train=False), batch_size, False, 0, 0)
+    log.info("%s (%s fold %s): %d samples, runtime %s", model_path, family, meta["fold"], len(samples), runtime)
+    loader = DataLoader(CropDataset(samples, crops, train=False), batch_size=batch_size, shuffle=False)
     n_views = len(next(iter(FAMILY_INPUTS[family].values())))
     logits = []
     for batch in loader:
@@ -74,19 +78,20 @@ def ensemble(predictions: pl.DataFrame, temperatures: dict[str, float],
 
 
 def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame,
-                        train_labels: pl.DataFrame, crop_index: pl.DataFrame,
+                        priors: pl.DataFrame, crop_index: pl.DataFrame,
                         unlocalized: pl.DataFrame | None = None,
                         series: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The submission in the sample's row order, and the degraded-rows report.
 
     A row keeps its model prediction when at least one of its views was cut (a spinal row with
     one series missing is predicted from the other); with no view, no prediction, or a
-    non-finite one, it falls back to the prior (training label frequencies). Every row not
+    non-finite one, it falls back to the prior (``priors``: the training label frequencies,
+    ``spinepipe.metric.prior_table``). Every row not
     predicted from all its views is listed with its reason, and so is every row whose series
     had unreadable files (``series``: series.parquet), predicted from the remaining slices.
     """
     row_ids = sample_submission["row_id"].to_list()
-    prior = prior_predictions(train_labels, row_ids)
+    prior = priors_for_rows(priors, row_ids)
     merged = sample_submission.select("row_id").join(
         ensembled.select("row_id", "views_ok", "views", *SUBMISSION_COLUMNS), on="row_id", how="left",
         maintain_order="left")
@@ -196,9 +201,11 @@ def _missing_views(crop_index: pl.DataFrame) -> dict[tuple[int, str, str, str], 
 
 
 def validate_submission(submission: pl.DataFrame, sample_submission: pl.DataFrame) -> None:
-    """Raise unless rows, order and columns match the sample and every row is a distribution."""
-    if submission.columns != sample_submission.columns:
-        raise ValueError(f"submission columns {submission.columns} != {sample_submission.columns}")
+    """Raise unless rows, order and columns match the sample (or, for a sample of row ids
+    alone, the submission format's columns) and every row is a distribution."""
+    expected = sample_submission.columns if sample_submission.width > 1 else ["row_id", *SUBMISSION_COLUMNS]
+    if submission.columns != expected:
+        raise ValueError(f"submission columns {submission.columns} != {expected}")
     if submission["row_id"].to_list() != sample_submission["row_id"].to_list():
         raise ValueError("submission rows differ from sample_submission.csv (ids or order)")
     probs = submission.select(SUBMISSION_COLUMNS).to_numpy()

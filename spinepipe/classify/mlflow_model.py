@@ -1,4 +1,5 @@
-"""The severity models as MLflow models: one per fold at training, the ensemble registered.
+"""The severity fold models as MLflow models, each logged by its training run (the registered
+model is the whole bundle: ``spinepipe.bundle.registry``).
 
 ``SeverityEnsemble`` is an ``mlflow.pyfunc.PythonModel``: its artifacts are fold
 checkpoints (``spinepipe.checkpoints``, read with ``weights_only``), the per-family
@@ -8,9 +9,9 @@ grade, whose ``array`` paths point at the cached crops), and its output the subm
 of those studies (``row_id``, ``normal_mild``, ``moderate``, ``severe``), computed exactly as
 the pipeline's ``predict_test`` + ``submission`` do. So
 
-    mlflow.pyfunc.load_model("models:/<name>/<version>").predict(crop_index_rows)
+    mlflow.pyfunc.load_model("runs:/<fold run>/model").predict(crop_index_rows)
 
-grades studies from their crops with the registered ensemble.
+grades studies from their crops with one fold's model.
 """
 
 from __future__ import annotations
@@ -43,13 +44,6 @@ def _index_frame(model_input: pd.DataFrame | pl.DataFrame) -> pl.DataFrame:
                               pl.col("slice_mask").cast(pl.List(pl.Boolean)))
 
 
-def submission_rows(study_ids: Sequence[int]) -> pl.DataFrame:
-    """The 25 submission row ids of each study, in the sample submission's order."""
-    from spinepipe.constants import CONDITIONS, LEVELS
-
-    return pl.DataFrame({"row_id": [f"{s}_{c}_{lv}" for s in study_ids for c in CONDITIONS for lv in LEVELS]})
-
-
 class SeverityEnsemble:
     """Wrapped as an ``mlflow.pyfunc.PythonModel`` by :func:`python_model` (so importing this
     module does not import MLflow)."""
@@ -62,7 +56,8 @@ class SeverityEnsemble:
 
     def predict(self, model_input: pd.DataFrame | pl.DataFrame) -> pd.DataFrame:
         from spinepipe.classify.inference import assemble_submission, ensemble, predict_family
-        from spinepipe.dataset import read_labels
+        from spinepipe.dataset import read_labels, submission_rows
+        from spinepipe.metric import prior_table
 
         index = _index_frame(model_input)
         predictions = pl.concat([predict_family(p, index, self.inference["tta"], self.inference["batch_size"])
@@ -70,7 +65,7 @@ class SeverityEnsemble:
         ensembled = ensemble(predictions, self.temperatures, self.inference.get("fold_weights"))
         studies = sorted(index["study_id"].unique().to_list())
         submission, _ = assemble_submission(submission_rows(studies), ensembled,
-                                            read_labels(self.labels_path), index)
+                                            prior_table(read_labels(self.labels_path)), index)
         return submission.to_pandas()
 
 

@@ -18,59 +18,22 @@ import yaml
 from spinepipe import checkpoints
 from spinepipe.classify.data import (
     CropDataset,
-    Sample,
     attach_predicted,
     build_augment,
     family_samples,
     label_targets,
-    n_outputs,
-    n_views,
 )
+from spinepipe.classify.fold_model import build_model, predictions_frame
 from spinepipe.classify.jitter import resolve_jitter
-from spinepipe.classify.models import SeverityModel
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
 from spinepipe.code_inputs import code_digest
-from spinepipe.constants import SUBMISSION_COLUMNS
 from spinepipe.devices import resolve_device
 from spinepipe.metric import labels_to_long
 from spinepipe.seeding import seed_everything
 from spinepipe.tracking import log_artifact, mlflow_run
 
 log = logging.getLogger(__name__)
-
-PREDICTION_SCHEMA = {"row_id": pl.String, "study_id": pl.Int64, "level": pl.String,
-                     "condition": pl.String, "family": pl.String, "fold": pl.Int64,
-                     "views_ok": pl.Int64, "views": pl.Int64,
-                     **{f"logit_{c}": pl.Float64 for c in SUBMISSION_COLUMNS}}
-
-
-def predictions_frame(samples: list[Sample], logits: np.ndarray, family: str, fold: int) -> pl.DataFrame:
-    """One row per submission row a sample predicts, with its raw logits."""
-    rows = []
-    for sample, sample_logits in zip(samples, logits):
-        ok = sum(s == "ok" for s in sample.statuses)
-        for row_id, row_logits in zip(sample.row_ids, sample_logits):
-            rows.append({"row_id": row_id, "study_id": sample.study_id, "level": sample.level,
-                         "condition": row_id.split("_", 1)[1].rsplit("_", 2)[0], "family": family,
-                         "fold": fold, "views_ok": ok, "views": len(sample.statuses),
-                         **{f"logit_{c}": float(v) for c, v in zip(SUBMISSION_COLUMNS, row_logits)}})
-    return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)
-
-
-def build_model(family: str, crop_cfg: dict[str, Any], cfg: dict[str, Any]) -> SeverityModel:
-    slices = 2 * crop_cfg["slices"] + 1
-    return SeverityModel(cfg["backbone"], n_views(family) * slices, n_outputs(family), cfg["head"],
-                         cfg["hidden"], cfg["dropout"], cfg["aux_weight"] > 0, cfg["weights"] or None)
-
-
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[SeverityModel, dict[str, Any]]:
-    saved = checkpoints.load(path)
-    meta = saved["meta"]
-    model = build_model(meta["family"], meta["crops"], meta["train"] | {"weights": ""})
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), meta
-
 
 def family_metric(class_weights: np.ndarray):
     """Validation figure for checkpoint selection (``train.select_by: metric``): the

@@ -67,23 +67,30 @@ class FoldModels:
     slice: list[SliceModel]
 
 
-def load_models(paths: dict[str, list[Path]]) -> dict[str, FoldModels]:
-    """``paths``: '{kind}_{task}' -> checkpoint files (one per fold), read weights-only."""
+def load_models(paths: dict[str, list[Path]], runtime: str = "torch") -> dict[str, FoldModels]:
+    """``paths``: '{kind}_{task}' -> checkpoint files (one per fold), read weights-only;
+    ``runtime`` onnx: each checkpoint's ONNX export beside it, run by onnxruntime."""
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
     models: dict[str, FoldModels] = {}
     for task in TASKS:
-        point, slices = [], []
-        for path in paths.get(f"point_{task}", []):
-            ckpt = checkpoints.load(path)
-            model = PointModel(ckpt["meta"]["backbone"], POINTS_PER_TASK[task])
-            model.load_state_dict(ckpt["state_dict"])
-            point.append(model.eval())
-        for path in paths.get(f"slice_{task}", []):
-            ckpt = checkpoints.load(path)
-            model = SliceModel(ckpt["meta"]["backbone"], SLICE_TARGETS[task])
-            model.load_state_dict(ckpt["state_dict"])
-            slices.append(model.eval())
+        point = [_load(path, PointModel, POINTS_PER_TASK[task], runtime)
+                 for path in paths.get(f"point_{task}", [])]
+        slices = [_load(path, SliceModel, SLICE_TARGETS[task], runtime)
+                  for path in paths.get(f"slice_{task}", [])]
         models[task] = FoldModels(point, slices)
     return models
+
+
+def _load(path: Path, model_class: type[PointModel] | type[SliceModel], n_targets: int, runtime: str):
+    if runtime == "onnx":
+        from spinepipe.onnx_models import OnnxPointModel, OnnxSliceModel, onnx_path
+
+        return (OnnxPointModel if model_class is PointModel else OnnxSliceModel)(onnx_path(path))
+    ckpt = checkpoints.load(path)
+    model = model_class(ckpt["meta"]["backbone"], n_targets)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
 
 
 @torch.no_grad()

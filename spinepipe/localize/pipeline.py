@@ -1,4 +1,5 @@
-"""Stage functions of the localization rules: train one fold model, localize a split."""
+"""Stage function of the localizer training rule: train one fold model (prediction is
+``spinepipe.localize.predict``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ from typing import Any
 import polars as pl
 import torch
 
-from spinepipe.checkpoints import load as load_checkpoint
-from spinepipe.localize.inference import StudyLocalizer, load_models, localize_split
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache
 from spinepipe.localize.training import save_checkpoint, train_point_model, train_slice_model
 from spinepipe.tracking import mlflow_run
-from spinepipe.xref import slice_reader, stack_geometries
+from spinepipe.xref import stack_geometries
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +57,3 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
         save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
                                      "fold": fold, "metrics": metrics})
     return metrics
-
-
-def localize(split: str, *, checkpoints: list[Path], stack_index: pl.DataFrame,
-             instances: pl.DataFrame, series: pl.DataFrame, folds: pl.DataFrame | None,
-             cfg: dict[str, Any], threads: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Predictions for every study of a split: out-of-fold for train, all folds for test."""
-    torch.set_num_threads(max(threads, 1))
-    cache = StackCache(stack_index)
-    geometries = stack_geometries(instances, series)
-    reader = slice_reader(instances)
-    by_fold: dict[int, dict[str, list[Path]]] = {}
-    for path in checkpoints:
-        meta = load_checkpoint(path)["meta"]
-        by_fold.setdefault(meta["fold"], {}).setdefault(f"{meta['kind']}_{meta['task']}", []).append(path)
-    all_paths: dict[str, list[Path]] = {}
-    for paths in by_fold.values():
-        for key, items in paths.items():
-            all_paths.setdefault(key, []).extend(items)
-    localizers = {"all": StudyLocalizer(load_models(all_paths), cache, geometries, reader, cfg)}
-    fold_of: dict[int, int] = {}
-    if split == "train" and folds is not None:
-        fold_of = dict(folds.select("study_id", "fold").iter_rows())
-        for fold, paths in by_fold.items():
-            localizers[fold] = StudyLocalizer(load_models(paths), cache, geometries, reader, cfg)
-    studies = sorted(series["study_id"].unique().to_list())
-    return localize_split(studies, series,
-                          lambda sid: localizers[fold_of[sid]] if sid in fold_of else localizers["all"])
-
-
