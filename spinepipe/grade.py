@@ -70,7 +70,8 @@ def grade_folder(bundle: Bundle, data_dir: Path, work: Path, *, runtime: str = "
     with times.stage("localize"):
         points, unlocalized = localize(
             SPLIT, checkpoints=bundle.localizers, stack_index=stacks, instances=instances, series=series,
-            folds=None, cfg=settings["localize"] | {"foramen_offset_mm": settings["foramen_offset_mm"]},
+            folds=None, cfg=settings["localize"] | {"foramen_offset_mm": settings["foramen_offset_mm"],
+                                                    "report_learned_slices": False},
             threads=threads, runtime=runtime, models=localizers)
     with times.stage("crops"):
         studies = sorted(series["study_id"].unique().to_list())

@@ -159,6 +159,9 @@ def _session(path: Path, inputs: Sequence[str]) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting between runs: each session has its own threads, and spinning ones
+    # starve the torch operations (decoding) that run between model calls on the same cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own exception types (bad protobuf, bad graph)

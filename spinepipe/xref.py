@@ -126,14 +126,16 @@ def symmetry_shift(image: NDArray, geometry: StackGeometry, index: int,
     u = np.arange(0.5, SYMMETRY_HALF_WIDTH_MM, 0.5)
     v = np.arange(SYMMETRY_AP_MM[0], SYMMETRY_AP_MM[1], 1.0)
 
-    def sample(shift: float, sign: float) -> NDArray:
-        pts = (point + shift * lateral + sign * u[None, :, None] * lateral
-               + v[:, None, None] * anterior_posterior)
+    shifts = np.arange(-SYMMETRY_MAX_SHIFT_MM, SYMMETRY_MAX_SHIFT_MM + 1e-9, 0.1)
+
+    def sample(sign: float) -> NDArray:
+        """(shift, v, u): the image at distance u toward ``sign``, every shift at once."""
+        pts = (point + shifts[:, None, None, None] * lateral + sign * u[None, None, :, None] * lateral
+               + v[None, :, None, None] * anterior_posterior)
         x, y, _ = plane.to_pixel(pts)
         return map_coordinates(image, [y, x], order=1, mode="constant", cval=0.0)
 
-    shifts = np.arange(-SYMMETRY_MAX_SHIFT_MM, SYMMETRY_MAX_SHIFT_MM + 1e-9, 0.1)
-    costs = np.array([np.mean((sample(s, 1.0) - sample(s, -1.0)) ** 2) for s in shifts])
+    costs = np.mean((sample(1.0) - sample(-1.0)) ** 2, axis=(1, 2))
     best = int(np.argmin(costs))
     if best in (0, len(shifts) - 1):  # at the edge of the search: no clear mid-line
         return 0.0

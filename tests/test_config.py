@@ -48,3 +48,20 @@ def test_inverted_range_and_bad_priors_are_rejected():
 
 def test_rate_out_of_range_is_rejected():
     assert "synthetic.quirks.feet_first" in _error({"synthetic": {"quirks": {"feet_first": 1.5}}})
+
+
+def test_grading_with_a_bundle_needs_a_folder_of_test_studies_only(tmp_path):
+    """predict.bundle set: data_dir is required and needs test_series_descriptions.csv and
+    test_images/ (no train file, no sample submission); an unknown runtime is refused."""
+    with pytest.raises(ConfigError, match="data_dir: predict.bundle is set"):
+        validate(make_config({"predict": {"bundle": str(tmp_path)}}))
+    (tmp_path / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n")
+    with pytest.raises(ConfigError, match="lacks test_images"):
+        validate(make_config({"data_dir": str(tmp_path), "predict": {"bundle": str(tmp_path)}}))
+    (tmp_path / "test_images").mkdir()
+    validate(make_config({"data_dir": str(tmp_path), "predict": {"bundle": str(tmp_path)}}))
+    with pytest.raises(ConfigError, match="train.csv"):  # training still needs every file
+        validate(make_config({"data_dir": str(tmp_path)}))
+    with pytest.raises(ConfigError, match="runtime"):
+        validate(make_config({"data_dir": str(tmp_path),
+                              "predict": {"bundle": str(tmp_path), "runtime": "tensorrt"}}))

@@ -494,11 +494,14 @@ def test_a_bundle_or_folder_that_cannot_be_used_is_refused_before_any_work(predi
 
 @pytest.mark.slow
 def test_registered_bundle_grades_a_folder_of_dicom_through_mlflow(predict_run):
-    """models:/<name>/<version> loads back with mlflow.pyfunc; given a folder of studies
-    (its input is DICOM) it grades them in one process as the workflow did; the version
-    carries the run's scores; every fold run has its own logged model."""
+    """models:/<name>/<version> loads back with mlflow.pyfunc and, given a folder of studies
+    (its input is DICOM), grades them in one process as the workflow did, a study that
+    sample_submission.csv names but that has no images on the prior; the version carries
+    the run's scores; every fold run has its own logged model."""
     import mlflow
     import pandas as pd
+
+    from spinepipe.metric import priors_for_rows
 
     run, folder, _, _ = predict_run
     results = run / "results"
@@ -507,8 +510,17 @@ def test_registered_bundle_grades_a_folder_of_dicom_through_mlflow(predict_run):
     uri = f"sqlite:///{results / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(record["uri"])
-    graded = pl.from_pandas(model.predict(pd.DataFrame({"data_dir": [str(folder)]})))
-    assert_same_grades(graded, pl.read_csv(results / "submission.csv"), atol=1e-5)
+    with_sample = shutil.copytree(folder, folder.parent / "with_sample")
+    sample = pl.read_csv(results / "synthetic" / "sample_submission.csv")
+    absent = sample.with_columns(pl.col("row_id").str.replace(r"^\d+_", "1234567_")).unique(
+        "row_id", maintain_order=True)
+    pl.concat([sample, absent]).write_csv(with_sample / "sample_submission.csv")
+    graded = pl.from_pandas(model.predict(pd.DataFrame({"data_dir": [str(with_sample)]})))
+    assert graded["row_id"].to_list() == pl.concat([sample, absent])["row_id"].to_list()
+    prior = priors_for_rows(pl.read_csv(results / "bundle" / "priors.csv"), absent["row_id"].to_list())
+    assert_same_grades(graded.filter(pl.col("row_id").str.starts_with("1234567_")), prior, atol=1e-9)
+    assert_same_grades(graded.filter(~pl.col("row_id").str.starts_with("1234567_")),
+                       pl.read_csv(results / "submission.csv"), atol=1e-5)
     client = mlflow.MlflowClient(uri)
     version = client.get_model_version(record["name"], record["version"])
     cv = json.loads((results / "eval" / "cv.json").read_text())

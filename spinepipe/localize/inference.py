@@ -123,12 +123,14 @@ def predict_points(models: list[PointModel], images: np.ndarray,
 
 @torch.no_grad()
 def predict_levels(models: list[PointModel], images: np.ndarray, pick: Sequence[int],
-                   frames: MapFrames, decode: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
+                   frames: MapFrames, decode: dict[str, Any] | None = None,
+                   heatmaps: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, ...]:
     """The five levels of one sagittal series, level k read on ``images[pick[k]]``, decoded
     together (``decode_levels``: ordered superior to inferior, plausibly spaced, unless
     ``decode['joint']`` is false): (K, 2) positions in image pixels, peak probabilities (K,)
-    and the spread of the single models' positions (K,), each model decoded the same way."""
-    mean_prob, probs = point_heatmaps(models, images)
+    and the spread of the single models' positions (K,), each model decoded the same way.
+    ``heatmaps``: :func:`point_heatmaps` of ``images`` when already computed."""
+    mean_prob, probs = heatmaps if heatmaps is not None else point_heatmaps(models, images)
     pick_t = torch.as_tensor(np.asarray(pick, dtype=np.int64))
     levels = torch.arange(mean_prob.shape[1])
     size = np.array([images.shape[2], images.shape[1]])
@@ -167,7 +169,8 @@ def nearest_decoded(index: int, slice_ok: np.ndarray | None) -> int:
 
 @torch.no_grad()
 def refine_foramen_slices(models: list[PointModel], images: np.ndarray, index: np.ndarray, window: int,
-                          slice_ok: np.ndarray | None = None, power: float = 2.0) -> np.ndarray:
+                          slice_ok: np.ndarray | None = None, power: float = 2.0,
+                          mean_prob: torch.Tensor | None = None) -> np.ndarray:
     """Each (level, side) slice of a Sagittal T1 stack moved to the centre of its foramen.
 
     The foramen point model's heatmap is sharp on the slices that cut the foramen and
@@ -177,8 +180,10 @@ def refine_foramen_slices(models: list[PointModel], images: np.ndarray, index: n
     itself rather than at a fixed distance from the canal. Lost slices weigh nothing.
     Measured out of fold on the default dataset: within one slice of the true foramen
     slice for 99.4% of levels (window 3, power 2) against 90.2% for the fixed 21 mm offset.
+    ``mean_prob``: the fold-averaged heatmaps of every slice when already computed.
     """
-    mean_prob, _ = point_heatmaps(models, np.asarray(images, dtype=np.float32))
+    if mean_prob is None:
+        mean_prob, _ = point_heatmaps(models, np.asarray(images, dtype=np.float32))
     peak = mean_prob.flatten(2).max(-1).values.numpy()  # (slices, levels)
     if slice_ok is not None and slice_ok.any():
         peak = np.where(slice_ok[:, None], peak, 0.0)
@@ -310,6 +315,15 @@ class StudyLocalizer:
         method = self.cfg["slice_method"]
         return method if isinstance(method, str) else method[task]
 
+    def _learned_slices(self, task: str, images: np.ndarray, size: int,
+                        slice_ok: np.ndarray | None) -> np.ndarray | None:
+        """The slice model's choice, where the slice method uses it or the localization is
+        compared with the geometric one (``report_learned_slices``, on by default: the
+        evaluation of a training run); a bundle grading new studies skips it."""
+        if self.slice_method(task) != "learned" and not self.cfg.get("report_learned_slices", True):
+            return None
+        return predict_slices(self.models[task].slice, images, size, slice_ok)
+
     def _choose(self, task: str, geometric: int, learned: int | None, slice_ok: np.ndarray | None) -> int:
         if self.slice_method(task) == "learned" and learned is not None:
             return nearest_decoded(int(learned), slice_ok)
@@ -330,7 +344,7 @@ class StudyLocalizer:
             # sagittal stacks on the mid-line)
             positions = geometry.ipp @ geometry.normals[0]
             middle = int(np.argmin(np.abs(positions - (positions.min() + positions.max()) / 2)))
-            learned = predict_slices(self.models["sagittal_t2"].slice, stack["images"],
+            learned = self._learned_slices("sagittal_t2", stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
             learned_k = [None if learned is None else int(learned[k]) for k in range(len(LEVELS))]
             chosen = [self._choose("sagittal_t2", middle, learned_k[k], stack.get("slice_ok"))
@@ -348,7 +362,7 @@ class StudyLocalizer:
                             "reason": "no usable Sagittal T1 series"})
         else:
             stack, geometry = self.cache.get(t1["series_id"]), self.geometries[t1["series_id"]]
-            learned = predict_slices(self.models["sagittal_t1"].slice, stack["images"],
+            learned = self._learned_slices("sagittal_t1", stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
             mid_point = None
             if canal_points:
@@ -366,19 +380,24 @@ class StudyLocalizer:
                 for s, side in enumerate(SIDES):
                     geometric[k, s] = geometry.index_of(choice[side])
                     index[k, s] = self._choose("sagittal_t1", geometric[k, s], learned_ks[k][s], stack.get("slice_ok"))
+            every_slice = None  # the heatmaps of every slice: read once, by the refinement
             if self.cfg.get("foramen_refine_slices", 0) > 0 and self.models["sagittal_t1"].point:
+                every_slice = point_heatmaps(self.models["sagittal_t1"].point,
+                                             np.asarray(stack["images"], dtype=np.float32))
                 index = refine_foramen_slices(self.models["sagittal_t1"].point, stack["images"], index,
-                                              self.cfg["foramen_refine_slices"], stack.get("slice_ok"))
+                                              self.cfg["foramen_refine_slices"], stack.get("slice_ok"),
+                                              mean_prob=every_slice[0])
             # the five levels of one side decoded together, each on its own slice
             decoded = []
             for s in range(len(SIDES)):
                 unique = sorted(set(index[:, s].tolist()))
                 frames = MapFrames.from_stack(geometry, index[:, s], stack["images"].shape[1:],
                                               stack["scale"])
-                decoded.append(predict_levels(self.models["sagittal_t1"].point,
-                                              stack["images"][unique].astype(np.float32),
-                                              [unique.index(i) for i in index[:, s]], frames,
-                                              self.cfg["decode"]))
+                chosen = torch.as_tensor(unique)
+                decoded.append(predict_levels(
+                    self.models["sagittal_t1"].point, stack["images"][unique].astype(np.float32),
+                    [unique.index(i) for i in index[:, s]], frames, self.cfg["decode"],
+                    heatmaps=None if every_slice is None else (every_slice[0][chosen], every_slice[1][:, chosen])))
             for k, level in enumerate(LEVELS):
                 for s, side in enumerate(SIDES):
                     xy, peak, spread = (part[k] for part in decoded[s])
@@ -502,7 +521,7 @@ class StudyLocalizer:
             stack = self.cache.get(series_id)
             # the point model learned left and right in the radiological view (samples.point_samples)
             mirrored = self.geometries[series_id].mirrored
-            learned = predict_slices(self.models["axial_t2"].slice, stack["images"],
+            learned = self._learned_slices("axial_t2", stack["images"],
                                      self.cfg["slice_image_size"], stack.get("slice_ok"))
             for r in xref.filter(pl.col("series_id") == series_id).iter_rows(named=True):
                 k = LEVEL_INDEX[r["level"]]
