@@ -218,12 +218,9 @@ def localizer_checkpoints():
     )
 
 
-def with_onnx(paths):
-    """Checkpoints and, graded with onnxruntime, their ONNX exports beside them."""
-    paths = [str(p) for p in paths]
-    return (
-        paths + [str(Path(p).with_suffix(".onnx")) for p in paths] if RUNTIME == "onnx" else paths
-    )
+def onnx_exports(checkpoints):
+    """The ONNX exports beside checkpoints, when grading with onnxruntime (else none)."""
+    return [str(Path(p).with_suffix(".onnx")) for p in checkpoints] if RUNTIME == "onnx" else []
 
 
 def localizer_models():
@@ -232,8 +229,7 @@ def localizer_models():
 
 
 def localizer_onnx():
-    """Their ONNX exports, when grading with onnxruntime."""
-    return with_onnx(localizer_models())[len(localizer_models()) :]
+    return onnx_exports(localizer_models())
 
 
 def severity_model(wildcards):
@@ -244,8 +240,7 @@ def severity_model(wildcards):
 
 
 def severity_onnx(wildcards):
-    """Its ONNX export, when grading with onnxruntime."""
-    return with_onnx([severity_model(wildcards)])[1:]
+    return onnx_exports([severity_model(wildcards)])
 
 
 # the ensemble's temperatures and the prior of rows no view serves: this run's, or the bundle's
