@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNTIMES = ("torch", "onnx")
+from spinepipe.constants import RUNTIMES
+
 FIXED_STAGES = ("load models",)  # read once per process, whatever the number of studies
 
 

@@ -5,7 +5,12 @@ import functools
 
 import polars as pl
 
-from spinepipe.bundle.manifest import BundleError, inference_settings, resolve_bundle
+from spinepipe.bundle.manifest import (
+    BundleError,
+    inference_settings,
+    localization_settings,
+    resolve_bundle,
+)
 from spinepipe.code_inputs import import_closure
 from spinepipe.dataset import DatasetError, read_series_descriptions
 from spinepipe.synth.generate import SPLIT_CSVS, TRUTH_CSVS, shard_indices

@@ -120,11 +120,7 @@ rule localize:
     params:
         # a bundle grading new studies skips the slice models' choice where the slice method
         # does not use it (a training run reports it, to compare the methods)
-        cfg=SETTINGS["localize"]
-        | {
-            "foramen_offset_mm": SETTINGS["foramen_offset_mm"],
-            "report_learned_slices": not PREDICT,
-        },
+        cfg=localization_settings(SETTINGS, report_learned_slices=not PREDICT),
         runtime=RUNTIME,
     script:
         "../workflow_scripts/localize.py"

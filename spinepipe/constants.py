@@ -1,10 +1,15 @@
-"""Names fixed by the competition's data format (RSNA 2024 Lumbar Spine Degenerative Classification).
+"""Names fixed by the competition's data format (RSNA 2024 Lumbar Spine Degenerative Classification),
+and the few names the pipeline's own stages share.
 
 Where each spelling is used: docs/contracts.md, section 1 "Input dataset" (names and
 spellings); the level order in patient space: section 4 "Geometry conventions".
 """
 
 from __future__ import annotations
+
+# what runs the trained models when grading (predict.runtime): torch, or their ONNX exports
+# in onnxruntime
+RUNTIMES = ("torch", "onnx")
 
 LEVELS: tuple[str, ...] = ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")
 LEVEL_NAMES: dict[str, str] = {lv: lv.upper().replace("_", "/") for lv in LEVELS}

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from spinepipe.bundle.manifest import Bundle
+from spinepipe.bundle.manifest import Bundle, localization_settings
 from spinepipe.classify.fold_model import load_model
 from spinepipe.classify.inference import (
     assemble_submission,
@@ -70,8 +70,7 @@ def grade_folder(bundle: Bundle, data_dir: Path, work: Path, *, runtime: str = "
     with times.stage("localize"):
         points, unlocalized = localize(
             SPLIT, checkpoints=bundle.localizers, stack_index=stacks, instances=instances, series=series,
-            folds=None, cfg=settings["localize"] | {"foramen_offset_mm": settings["foramen_offset_mm"],
-                                                    "report_learned_slices": False},
+            folds=None, cfg=localization_settings(settings, report_learned_slices=False),
             threads=threads, runtime=runtime, models=localizers)
     with times.stage("crops"):
         studies = sorted(series["study_id"].unique().to_list())

@@ -41,6 +41,14 @@ def inference_settings(config: dict[str, Any]) -> dict[str, Any]:
             "inference": {k: v for k, v in config["inference"].items() if k != "batch_size"}}
 
 
+def localization_settings(settings: dict[str, Any], report_learned_slices: bool) -> dict[str, Any]:
+    """The cfg of the localization stage from :func:`inference_settings`;
+    ``report_learned_slices``: also run the slice models where the slice method does not use
+    them (a training run, to compare the methods; grading skips them)."""
+    return settings["localize"] | {"foramen_offset_mm": settings["foramen_offset_mm"],
+                                   "report_learned_slices": report_learned_slices}
+
+
 class BundleError(ValueError):
     """A bundle that cannot be used: absent, of another format, or with a missing or altered file."""
 

@@ -84,20 +84,13 @@ def log_bundle(run_id: str, tracking_uri: str, bundle_dir: Path, registered_name
     import mlflow
 
     import spinepipe
+    from spinepipe.classify.mlflow_model import pipeline_requirements
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         return mlflow.pyfunc.log_model(
             name=ARTIFACT, python_model=python_model(), artifacts={ARTIFACT: str(bundle_dir)},
             model_config={"runtime": "torch", "threads": 1}, signature=signature(),
-            code_paths=[str(Path(spinepipe.__file__).parent)], pip_requirements=_requirements(),
+            code_paths=[str(Path(spinepipe.__file__).parent)], pip_requirements=pipeline_requirements(),
             registered_model_name=registered_name)
 
-
-def _requirements() -> list[str]:
-    """The pipeline's own requirements (no inference from the environment: quick and exact)."""
-    path = Path(__file__).resolve().parents[2] / "requirements.txt"
-    if not path.is_file():
-        return ["torch", "timm", "polars", "pandas", "mlflow", "onnxruntime"]
-    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-    return [line for line in lines if line]

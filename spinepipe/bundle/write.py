@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
 
 from spinepipe import checkpoints
 from spinepipe.bundle.manifest import BUNDLE_FORMAT, MANIFEST, read_bundle, sha256
@@ -92,7 +91,6 @@ def write_bundle(out: Path, *, localizers: Sequence[Path], severity_models: Sequ
 
     ``card``: what the model card states (dataset record, scores, weights provenance,
     training settings; see :func:`model_card`)."""
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "localizers").mkdir(parents=True)

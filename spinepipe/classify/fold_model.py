@@ -13,9 +13,8 @@ import torch
 from spinepipe import checkpoints
 from spinepipe.classify.data import Sample, n_outputs, n_views
 from spinepipe.classify.models import SeverityModel
-from spinepipe.constants import SUBMISSION_COLUMNS
+from spinepipe.constants import RUNTIMES, SUBMISSION_COLUMNS
 
-RUNTIMES = ("torch", "onnx")
 LOGITS = [f"logit_{c}" for c in SUBMISSION_COLUMNS]
 PREDICTION_SCHEMA = {"row_id": pl.String, "study_id": pl.Int64, "level": pl.String,
                      "condition": pl.String, "family": pl.String, "fold": pl.Int64,

@@ -117,11 +117,11 @@ def log_model(run_id: str, tracking_uri: str, name: str, models: Sequence[Path],
                 model_config={k: inference[k] for k in ("tta", "batch_size", "fold_weights")},
                 signature=signature, input_example=example,
                 code_paths=[str(Path(spinepipe.__file__).parent)],
-                pip_requirements=_requirements(), registered_model_name=registered_name)
+                pip_requirements=pipeline_requirements(), registered_model_name=registered_name)
     return info
 
 
-def _requirements() -> list[str]:
+def pipeline_requirements() -> list[str]:
     """The pipeline's own requirements (no inference from the environment: quick and exact)."""
     path = Path(__file__).resolve().parents[2] / "requirements.txt"
     if not path.is_file():

@@ -25,6 +25,7 @@ from spinepipe.constants import (
     CONDITION_NAMES,
     LEVEL_NAMES,
     LEVELS,
+    RUNTIMES,
     SAGITTAL_T1,
     SAGITTAL_T2,
 )
@@ -70,26 +71,28 @@ class FoldModels:
 def load_models(paths: dict[str, list[Path]], runtime: str = "torch") -> dict[str, FoldModels]:
     """``paths``: '{kind}_{task}' -> checkpoint files (one per fold), read weights-only;
     ``runtime`` onnx: each checkpoint's ONNX export beside it, run by onnxruntime."""
-    if runtime not in ("torch", "onnx"):
-        raise ValueError(f"unknown runtime {runtime!r}; expected torch or onnx")
-    models: dict[str, FoldModels] = {}
-    for task in TASKS:
-        point = [_load(path, PointModel, POINTS_PER_TASK[task], runtime)
-                 for path in paths.get(f"point_{task}", [])]
-        slices = [_load(path, SliceModel, SLICE_TARGETS[task], runtime)
-                  for path in paths.get(f"slice_{task}", [])]
-        models[task] = FoldModels(point, slices)
+    models = {task: FoldModels([], []) for task in TASKS}
+    for key, files in paths.items():
+        kind, task = key.split("_", 1)
+        getattr(models[task], kind).extend(load_localizer(path, runtime) for path in files)
     return models
 
 
-def _load(path: Path, model_class: type[PointModel] | type[SliceModel], n_targets: int, runtime: str):
+def load_localizer(path: Path, runtime: str = "torch", saved: dict[str, Any] | None = None):
+    """The point or slice model of checkpoint ``path`` (``saved``: its content when already
+    read), or with ``runtime`` onnx its ONNX export beside it."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
+    saved = saved if saved is not None else checkpoints.load(path)
+    meta = saved["meta"]
+    point = meta["kind"] == "point"
     if runtime == "onnx":
         from spinepipe.onnx_models import OnnxPointModel, OnnxSliceModel, onnx_path
 
-        return (OnnxPointModel if model_class is PointModel else OnnxSliceModel)(onnx_path(path))
-    ckpt = checkpoints.load(path)
-    model = model_class(ckpt["meta"]["backbone"], n_targets)
-    model.load_state_dict(ckpt["state_dict"])
+        return (OnnxPointModel if point else OnnxSliceModel)(onnx_path(path))
+    model = (PointModel(meta["backbone"], POINTS_PER_TASK[meta["task"]]) if point
+             else SliceModel(meta["backbone"], SLICE_TARGETS[meta["task"]]))
+    model.load_state_dict(saved["state_dict"])
     return model.eval()
 
 

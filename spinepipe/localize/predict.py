@@ -11,36 +11,34 @@ import polars as pl
 import torch
 
 from spinepipe.checkpoints import load as load_checkpoint
-from spinepipe.localize.inference import FoldModels, StudyLocalizer, load_models, localize_split
+from spinepipe.localize.inference import (
+    TASKS,
+    FoldModels,
+    StudyLocalizer,
+    load_localizer,
+    localize_split,
+)
 from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import slice_reader, stack_geometries
 
 log = logging.getLogger(__name__)
 
 
-def group_checkpoints(checkpoints: list[Path]) -> dict[int, dict[str, list[Path]]]:
-    """fold -> '{kind}_{task}' -> checkpoint files, from each checkpoint's own meta."""
-    by_fold: dict[int, dict[str, list[Path]]] = {}
-    for path in checkpoints:
-        meta = load_checkpoint(path)["meta"]
-        by_fold.setdefault(meta["fold"], {}).setdefault(f"{meta['kind']}_{meta['task']}", []).append(path)
-    return by_fold
-
-
 def load_localizers(checkpoints: list[Path], runtime: str = "torch",
                     per_fold: bool = False) -> dict[Any, dict[str, FoldModels]]:
-    """The localizer models read once: ``"all"`` -> every fold's models (a test study is
-    localized by their ensemble) and, with ``per_fold``, each fold's own (a train study is
-    localized by the models of the fold that held it out)."""
-    by_fold = group_checkpoints(checkpoints)
-    all_paths: dict[str, list[Path]] = {}
-    for paths in by_fold.values():
-        for key, items in paths.items():
-            all_paths.setdefault(key, []).extend(items)
-    models: dict[Any, dict[str, FoldModels]] = {"all": load_models(all_paths, runtime)}
-    if per_fold:
-        models |= {fold: load_models(paths, runtime) for fold, paths in by_fold.items()}
-    return models
+    """The localizer models, each checkpoint read and each model built once: ``"all"`` ->
+    every fold's models (a test study is localized by their ensemble) and, with ``per_fold``,
+    each fold's own (a train study is localized by the models of the fold that held it out),
+    the fold grouping read from each checkpoint's own meta."""
+    by_fold: dict[int, dict[str, FoldModels]] = {}
+    for path in checkpoints:
+        saved = load_checkpoint(path)
+        meta = saved["meta"]
+        tasks = by_fold.setdefault(meta["fold"], {task: FoldModels([], []) for task in TASKS})
+        getattr(tasks[meta["task"]], meta["kind"]).append(load_localizer(path, runtime, saved))
+    every = {task: FoldModels([m for fold in by_fold.values() for m in fold[task].point],
+                              [m for fold in by_fold.values() for m in fold[task].slice]) for task in TASKS}
+    return {"all": every, **(by_fold if per_fold else {})}
 
 
 def localize(split: str, *, checkpoints: list[Path], stack_index: pl.DataFrame,
