@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from spinepipe.config import deep_update, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+# processes that render a test dataset's shards (the result does not depend on it)
+WORKERS = min(4, os.cpu_count() or 1)
 
 TINY = {
     "synthetic": {
@@ -59,12 +62,35 @@ def make_config(*overlays: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The tiny pipeline's run, built once per session (tests/workflow_runs.py): (working
+    directory, the damaged test studies). Tests only read it or dry-run against it."""
+    from workflow_runs import build_tiny_run
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    return workdir, build_tiny_run(workdir)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """Headless Chromium and chromedriver installed (apt-get when missing); a test that needs
+    them is skipped, saying why, where they cannot be had, and fails in CI."""
+    import browser
+    from system_packages import unavailable
+
+    try:
+        browser.ensure_chromium()
+    except browser.ChromiumUnavailable as reason:
+        unavailable("headless Chromium", reason)
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     from spinepipe.synth.generate import generate_dataset
 
     config = make_config()
     out = tmp_path_factory.mktemp("tiny") / "synthetic"
-    generate_dataset(config, out)
+    generate_dataset(config, out, workers=WORKERS)
     return out, config
 
 
@@ -74,5 +100,5 @@ def quirky_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
     config = make_config(QUIRKY)
     out = tmp_path_factory.mktemp("quirky") / "synthetic"
-    generate_dataset(config, out)
+    generate_dataset(config, out, workers=WORKERS)
     return out, config

@@ -1,5 +1,6 @@
 """System software for the fixtures that need it (Slurm, PostgreSQL, headless Chromium):
-Debian packages installed with apt-get, and a daemon stopped by its pid."""
+Debian packages installed with apt-get, a daemon stopped by its pid, and what a test does
+when a component cannot be had (skip on a developer's machine, fail in CI)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,25 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import NoReturn
+
+import pytest
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: CI services (and .ci/run) set ``CI=true``."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(component: str, reason: object) -> NoReturn:
+    """End a test whose system ``component`` could not be installed or started: a skip that
+    says why, except in CI, where the component is part of what is tested and a broken
+    install (a mirror hiccup, a renamed package) must not turn into a green run."""
+    message = f"{component} unavailable: {reason}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: in CI a missing system component fails the test)",
+                    pytrace=False)
+    pytest.skip(message)
 
 
 def apt_install(packages: Sequence[str], timeout: float = 600) -> str | None:

@@ -97,11 +97,7 @@ def report(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver():
-    try:
-        browser.ensure_chromium()
-    except browser.ChromiumUnavailable as error:
-        pytest.fail(f"headless Chromium unavailable: {error}")
+def driver(chromium):
     with browser.headless_chromium() as driver:
         yield driver
 

@@ -333,7 +333,11 @@ def test_end_to_end_oof_grades_every_train_row_as_the_submission_would(tiny_crop
     assert result["end_to_end"]["rows_on_prior"] == on_prior >= 25 + 5
     assert result["n_rows"] == 25 * len(studies) and set(temperatures) == {"spinal", "foraminal",
                                                                           "subarticular"}
-    assert (tmp_path / "calibration.png").is_file()
+    # the reliability diagram is a real, drawn image
+    from browser import pixel_stats
+
+    drawn = pixel_stats((tmp_path / "calibration.png").read_bytes())
+    assert drawn["width"] > 200 and drawn["height"] > 100 and drawn["colors"] > 10, drawn
 
 
 def _twin_samples(tmp_path, n=4):

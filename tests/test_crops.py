@@ -182,10 +182,14 @@ def test_cache_has_a_row_per_view_and_says_why_one_is_missing(quirky_dataset, tm
     for r in index.filter(pl.col("status") != "ok").iter_rows(named=True):
         assert not any(r["slice_mask"]) and not np.abs(array[r["row"]]).any()
     # the quirky dataset drops whole series: their views are reported, not crashed on
-    missing = series.filter(pl.col("missing_folder"))
-    if missing.height:
-        lost = index.join(missing.select("study_id"), on="study_id").filter(pl.col("status") != "ok")
-        assert lost.height > 0
+    quirks = pl.read_csv(dataset / "quirks.csv")
+    dropped = quirks.filter((pl.col("quirk") == "missing_series") & (pl.col("split") == "train"))
+    assert dropped.height > 0, "the quirky dataset dropped no train series: nothing to check"
+    for study_id, description in dropped.select("study_id", "series_description").iter_rows():
+        views = [view.name for view in VIEWS.values() if view.series_description == description]
+        rows = index.filter((pl.col("study_id") == study_id) & pl.col("view").is_in(views))
+        assert rows.height == 5 * len(views), (study_id, description, rows)
+        assert (rows["status"] == "no_point").all(), (study_id, description, rows["status"])
     summary = crop_summary(index)
     assert summary["n_crops"] == index.height
     assert summary["missing_views"] == (index["status"] != "ok").sum()

@@ -1,10 +1,12 @@
 """End to end on a hostile test split: every common transfer syntax and one header, file or
 CSV defect per study. The run completes, the submission is complete and valid, every affected
 row says why, lossless syntaxes decode bit for bit, and the healthy studies' predictions are
-those of a run without the hostile studies."""
+those the same models gave them graded without the hostile studies (the hostile split takes
+the clean one's place in a finished run: no training job reruns)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,9 @@ import polars as pl
 import pydicom
 import pytest
 import yaml
-from conftest import REPO, TINY, make_config
+from conftest import REPO, TINY, WORKERS, make_config
 from hostile import N_TEST, HostilePlan, build_split_pair
+from workflow_runs import planned_jobs
 
 from spinepipe.classify.inference import FAMILY_DESCRIPTIONS, validate_submission
 from spinepipe.constants import CONDITION_FAMILY, CONDITIONS, SUBMISSION_COLUMNS
@@ -24,26 +27,50 @@ from spinepipe.pixels import decode_slice
 NO_QUIRKS = {"synthetic": {"n_test": N_TEST, "quirks": {"missing_series": 0.0, "two_axial_series": 0.0}}}
 
 
-def _run(workdir: Path, data_dir: Path) -> None:
-    overlay = {key: value for key, value in TINY.items() if key != "synthetic"}
-    (workdir / "run.yaml").write_text(yaml.safe_dump({**overlay, "data_dir": str(data_dir)}))
+# What the tests read: the run stops there (no QA, report or bundle).
+TARGETS = ["results/submission.csv", "results/eval/degraded_rows.csv",
+           "results/metadata/instances.parquet", "results/metadata/series.parquet"]
+KEPT = ["submission.csv", "eval/degraded_rows.csv"]  # of the clean run, to compare with
+# What only the train split feeds: swapping the test split must rerun none of it.
+TRAINING_RULES = {"train_localizer", "coordinates", "train_parent_run", "train_model",
+                  "predict_oof", "cv_eval"}
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                             "--cores", "2", "-d", str(workdir), "--configfile", "run.yaml"],
-                            capture_output=True, text=True, timeout=1500, cwd=workdir)
+                             "--cores", "2", "-d", str(workdir), *TARGETS, "--configfile",
+                             "run.yaml", *args], capture_output=True, text=True, timeout=1500,
+                            cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[HostilePlan, Path, Path, Path]:
+    """One working directory graded twice: with the clean test split, then (its outputs
+    kept) with the hostile one in its place, the train split and so the models unchanged.
+    ``data`` is the run's data_dir, a link moved from one folder to the other."""
     from spinepipe.synth.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("hostile")
-    generate_dataset(make_config(NO_QUIRKS), root / "synthetic")
+    generate_dataset(make_config(NO_QUIRKS), root / "synthetic", workers=WORKERS)
     plan = build_split_pair(root / "synthetic", root / "clean", root / "hostile")
-    for name in ("clean", "hostile"):
-        (root / f"run_{name}").mkdir()
-        _run(root / f"run_{name}", root / name)
-    return plan, root, root / "run_clean" / "results", root / "run_hostile" / "results"
+    data, workdir = root / "data", root / "run"
+    workdir.mkdir()
+    overlay = {key: value for key, value in TINY.items() if key != "synthetic"}
+    (workdir / "run.yaml").write_text(yaml.safe_dump({**overlay, "data_dir": str(data)}))
+    data.symlink_to(root / "clean", target_is_directory=True)
+    _snakemake(workdir)
+    clean = root / "clean_results"
+    for name in KEPT:
+        (clean / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(workdir / "results" / name, clean / name)
+    data.unlink()
+    data.symlink_to(root / "hostile", target_is_directory=True)
+    planned = planned_jobs(_snakemake(workdir, "--dry-run").stdout)
+    assert planned and not TRAINING_RULES & set(planned), planned
+    _snakemake(workdir)
+    return plan, root, clean, workdir / "results"
 
 
 def _study(row_id: str) -> int:

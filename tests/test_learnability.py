@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import make_config
+from conftest import WORKERS, make_config
 
 from spinepipe.synth.generate import generate_dataset
 from spinepipe.synth.learnability import learnability_check
@@ -18,7 +18,7 @@ def test_simple_model_beats_the_prior_on_held_out_studies(tmp_path):
     config = make_config({"synthetic": {
         "n_train": 36, "n_test": 16,
         "sagittal": {"matrix": [96]}, "axial": {"matrix": [96]}}})
-    generate_dataset(config, tmp_path / "synthetic")
+    generate_dataset(config, tmp_path / "synthetic", workers=WORKERS)
     result = learnability_check(tmp_path / "synthetic")
     print(f"\nsimple model {result['model_score']:.4f} vs prior {result['prior_score']:.4f} "
           "(competition metric, held-out synthetic test studies)")

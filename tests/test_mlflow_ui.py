@@ -298,11 +298,7 @@ def store(tmp_path) -> dict:
     return make_store(directory) | {"dir": directory}
 
 
-def test_runs_table_shows_the_nested_pipeline_runs(store, tmp_path):
-    try:
-        browser.ensure_chromium()
-    except browser.ChromiumUnavailable as error:
-        pytest.fail(f"headless Chromium unavailable: {error}")
+def test_runs_table_shows_the_nested_pipeline_runs(store, chromium, tmp_path):
     eid, ids = store["experiment_id"], store["runs"]
     marker = str(store["dir"])
     all_names = [ROOT, *ROOT_CHILDREN, *TRAIN_CHILDREN]

@@ -210,7 +210,7 @@ def test_localization_tile_draws_annotation_and_prediction_on_one_axes():
     assert pair.distance_mm == pytest.approx(5.0)
     assert panel.edge_labels == ("A", "P") and panel.side_text.startswith("patient")
 
-    plt = pytest.importorskip("matplotlib.pyplot")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots()
     try:
         draw_tile(ax, plan)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, TINY, make_config
-from test_workflow import planned_jobs, snakemake
+from workflow_runs import planned_jobs, snakemake
 
 from spinepipe.synth.generate import study_ids
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, TINY
-from test_workflow import planned_jobs, snakemake
+from workflow_runs import planned_jobs, snakemake
 
 from spinepipe.classify.seeds import headline_figures, summarize_seeds, summary_line
 

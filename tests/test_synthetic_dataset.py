@@ -230,6 +230,7 @@ def test_sagittal_stack_geometry(tiny_dataset):
     dataset, config = tiny_dataset
     sag = config["synthetic"]["sagittal"]
     head = headers(dataset, "train").filter(pl.col("description") != AXIAL_T2)
+    assert head["series_id"].n_unique() >= config["synthetic"]["n_train"]  # not vacuous
     for _, series in head.group_by("series_id"):
         assert sag["slices"][0] <= series.height <= sag["slices"][1]
         assert series["rows"][0] in sag["matrix"]
@@ -254,14 +255,16 @@ def test_quirks_show_in_the_data(quirky_dataset):
                              (pl.col("series_description") == description)).height == 0
     axial_counts = series.filter(pl.col("series_description") == AXIAL_T2).group_by("study_id").len()
     assert axial_counts["len"].max() == 2
-    offsets = quirks.filter(pl.col("quirk") == "instance_offset")["series_id"].to_list()
     head = headers(dataset, "train")
-    assert all(head.filter(pl.col("series_id") == s)["instance_number"].min() > 1
-               for s in offsets if s in set(head["series_id"]))
-    jumps = quirks.filter(pl.col("quirk") == "instance_jumps")["series_id"].to_list()
+    in_train = quirks.filter((pl.col("split") == "train")
+                             & pl.col("series_id").is_in(head["series_id"].unique().implode()))
+    offsets = in_train.filter(pl.col("quirk") == "instance_offset")["series_id"].to_list()
+    jumps = in_train.filter(pl.col("quirk") == "instance_jumps")["series_id"].to_list()
+    assert offsets and jumps, "no train series with an instance offset or jumps: nothing checked"
+    for s in offsets:
+        assert head.filter(pl.col("series_id") == s)["instance_number"].min() > 1, s
     for s in jumps:
         numbers = np.sort(head.filter(pl.col("series_id") == s)["instance_number"].to_numpy())
-        if numbers.size:
-            assert np.diff(numbers).max() > 1
+        assert np.diff(numbers).max() > 1, s
     train = read_labels(dataset / "train.csv")
     assert train.select(pl.sum_horizontal(pl.all().exclude("study_id").is_null())).sum().item() > 0

@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+import pydicom
 from conftest import make_config
 
 from spinepipe.constants import CONDITION_FAMILY, LEVELS
@@ -62,17 +64,43 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_generation_is_deterministic_and_independent_of_sharding(tiny_dataset, tmp_path):
+    """One shard in this process against the tiny dataset's shards rendered by WORKERS."""
     dataset, config = tiny_dataset
     resharded = make_config({"metadata": {"shards": 1}})
-    generate_dataset(resharded, tmp_path / "again")
+    generate_dataset(resharded, tmp_path / "again", workers=1)
     first, second = _digest(dataset), _digest(tmp_path / "again")
     assert first.keys() == second.keys()
     assert first == second
     assert any(name.endswith(".dcm") for name in first)
 
 
+def _study_content(dataset: Path, study_id: int) -> tuple[list, list[bytes]]:
+    """A study's labels (in column order) and the pixel bytes of each of its series' middle
+    slice (in series-description order): its content, without its ids."""
+    labels = pl.read_csv(dataset / "train.csv").filter(pl.col("study_id") == study_id)
+    series = pl.read_csv(dataset / "train_series_descriptions.csv").filter(
+        pl.col("study_id") == study_id).sort("series_description")
+    pixels = []
+    for series_id in series["series_id"]:
+        files = sorted((dataset / "train_images" / str(study_id) / str(series_id)).glob("*.dcm"),
+                       key=lambda f: int(f.stem))
+        pixels.append(pydicom.dcmread(files[len(files) // 2]).PixelData)
+    return list(labels.drop("study_id").row(0)), pixels
+
+
 def test_a_different_seed_gives_different_data(tiny_dataset, tmp_path):
-    dataset, _ = tiny_dataset
-    other = make_config({"seed": 99, "synthetic": {"n_train": 2, "n_test": 1}})
+    """The first studies of a dataset drawn with another seed: other ids, other labels and
+    other images than the same studies (same split, same index) with the tiny config's seed."""
+    dataset, config = tiny_dataset
+    count = 2
+    other = make_config({"seed": config["seed"] + 1, "synthetic": {"n_train": count, "n_test": 1}})
     generate_dataset(other, tmp_path / "other")
-    assert (tmp_path / "other" / "train.csv").read_bytes() != (dataset / "train.csv").read_bytes()
+    ids = study_ids(config["seed"], "train", count)
+    other_ids = study_ids(other["seed"], "train", count)
+    assert not set(ids) & set(other_ids)
+    mine = [_study_content(dataset, study_id) for study_id in ids]
+    theirs = [_study_content(tmp_path / "other", study_id) for study_id in other_ids]
+    assert [labels for labels, _ in mine] != [labels for labels, _ in theirs]
+    for (_, my_pixels), (_, their_pixels) in zip(mine, theirs):
+        assert my_pixels and their_pixels
+        assert not set(my_pixels) & set(their_pixels)  # no slice drawn twice

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,60 +13,18 @@ import polars as pl
 import pytest
 import yaml
 from conftest import REPO, TINY, make_config
+from workflow_runs import planned_jobs, snakemake
 
 from spinepipe import checkpoints
 from spinepipe.classify.end_to_end import check_no_leak
 from spinepipe.dataset import read_labels
 from spinepipe.metric import labels_to_long
-from spinepipe.synth.generate import study_ids
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True,
-                          text=True, timeout=900, cwd=workdir)
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """Rule -> job count from a dry run's job stats table."""
-    table = output.split("Job stats:")[-1] if "Job stats:" in output else ""
-    return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE) if m.group(1) != "total"}
-
-
-def study_folders(synthetic: Path, split: str, study: int) -> list[Path]:
-    """A synthetic study's folders: in its shard (what the pipeline reads) and the hard links
-    of <split>_images."""
-    return [synthetic / f"{split}_images" / str(study),
-            *synthetic.glob(f"shards/{split}_*/images/{study}")]
-
-
-def damage_test_study(synthetic: Path) -> dict[str, int]:
-    """Delete one test study's axial series and corrupt one Sagittal T1 file of another."""
-    table = pl.read_csv(synthetic / "test_series_descriptions.csv")
-    studies = sorted(table["study_id"].unique().to_list())
-    axial = table.filter((pl.col("study_id") == studies[0]) & (pl.col("series_description") == "Axial T2"))
-    for folder in study_folders(synthetic, "test", studies[0]):
-        for series_id in axial["series_id"]:
-            shutil.rmtree(folder / str(series_id))
-    t1 = table.filter((pl.col("study_id") == studies[1]) & (pl.col("series_description") == "Sagittal T1"))
-    # one inode behind both paths: truncating it damages the file wherever it is read
-    victim = sorted((synthetic / "test_images" / str(studies[1]) / str(t1["series_id"][0])).glob("*.dcm"))[3]
-    victim.write_bytes(victim.read_bytes()[:400])
-    return {"no_axial": studies[0], "corrupt_t1": studies[1]}
+from spinepipe.synth.generate import shard_indices, study_ids
 
 
 @pytest.fixture(scope="module")
-def workflow_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    result = snakemake(workdir, "results/synthetic/test_series_descriptions.csv", "--configfile", "tiny.yaml")
-    assert result.returncode == 0, result.stderr[-3000:]
-    damaged = damage_test_study(workdir / "results" / "synthetic")
-    result = snakemake(workdir, "--configfile", "tiny.yaml")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, damaged
+def workflow_run(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.slow
@@ -92,9 +49,26 @@ def test_pipeline_writes_dataset_and_reports(workflow_run):
     localization = json.loads((results / "eval" / "localization.json").read_text())
     assert {"sagittal_t2", "sagittal_t1", "axial_t2"} <= localization["test"].keys()
     assert (results / "localize" / "label_noise.png").stat().st_size > 0
-    assert (results / "mlflow.db").is_file()
-    assert (workflow_run / "logs" / "synthesize" / "train_0000.log").is_file()
-    assert (results / "benchmarks" / "synthesize" / "train_0000.tsv").is_file()
+    # the tracking store holds the configured experiment and its pipeline run
+    import mlflow
+
+    config = make_config()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(config["mlflow"]["experiment"])
+    assert experiment is not None
+    names = {run.info.run_name for run in client.search_runs([experiment.experiment_id])}
+    assert "pipeline" in names, names
+    # a rule's log says what its job did: every study of the shard rendered
+    log = (workflow_run / "logs" / "synthesize" / "train_0000.log").read_text()
+    ids = study_ids(config["seed"], "train", TINY["synthetic"]["n_train"])
+    indices = shard_indices(config["seed"], "train", TINY["synthetic"]["n_train"],
+                            config["metadata"]["shards"])[0]
+    assert indices
+    for index in indices:
+        assert f"train study {ids[index]} (index {index}) written" in log, log[-2000:]
+    # and its benchmark file one row of resource figures
+    benchmark = pl.read_csv(results / "benchmarks" / "synthesize" / "train_0000.tsv", separator="\t")
+    assert benchmark.height == 1 and benchmark["s"][0] > 0 and benchmark["max_rss"][0] > 0, benchmark
 
 
 @pytest.mark.slow
@@ -190,7 +164,10 @@ def test_every_test_study_and_every_gallery_case_gets_a_sheet(workflow_run):
     galleries = results / "qa" / "galleries"
     for gallery in ("localization_errors", "label_noise", "confident_wrong", "degraded"):
         assert (galleries / f"{gallery}.png").stat().st_size > 0, gallery
-        assert (galleries / f"{gallery}.csv").is_file(), gallery
+        # each gallery's table lists the cases it shows (the same rows as cases.csv's)
+        listed = pl.read_csv(galleries / f"{gallery}.csv", infer_schema=False)
+        expected = cases.filter(pl.col("gallery") == gallery).cast(pl.String)
+        assert listed.equals(expected), (gallery, listed, expected)
     import mlflow
 
     tracked = json.loads((results / "qa" / "mlflow.json").read_text())
@@ -542,7 +519,7 @@ def test_html_report(workflow_run):
 
 
 @pytest.mark.slow
-def test_report_shows_the_study_sheets_in_a_real_browser(workflow_run):
+def test_report_shows_the_study_sheets_in_a_real_browser(workflow_run, chromium):
     """results/report.html opened in headless Chromium: QA lists the study sheets (one entry
     per sheet, labelled by study) and the galleries, and a sheet and a gallery render as
     decoded, non-blank images."""
@@ -553,7 +530,6 @@ def test_report_shows_the_study_sheets_in_a_real_browser(workflow_run):
     result = snakemake(workflow_run, "--configfile", "tiny.yaml", "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     sheets = sorted(p.stem for p in (workflow_run / "results" / "qa" / "studies").glob("*.png"))
-    browser.ensure_chromium()
     with browser.headless_chromium() as driver:
         browser.open_report(driver, report)
         assert "QA" in browser.categories(driver)

@@ -8,9 +8,11 @@ leaves the existing ones untouched.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,17 +248,29 @@ def generate_shard(synthetic: dict[str, Any], seed: int, split: str, indices: Se
         pl.DataFrame(getattr(merged, name), schema=schema).write_parquet(shard_dir / f"{name}.parquet")
 
 
-def generate_dataset(config: dict[str, Any], dataset_dir: Path) -> None:
-    """Whole dataset in one process (tests, benchmarks); the workflow runs shards as jobs."""
+def generate_dataset(config: dict[str, Any], dataset_dir: Path, workers: int = 1) -> None:
+    """Whole dataset from one call (tests, benchmarks), its shards rendered by ``workers``
+    processes; the workflow runs the shards as jobs. The result does not depend on
+    ``workers`` (each study draws from its own stream)."""
     syn = config["synthetic"]
     shards: dict[str, list[Path]] = {}
+    tasks = []
     for split in SPLITS:
         shards[split] = []
         for i, indices in enumerate(shard_indices(config["seed"], split, syn[f"n_{split}"],
                                                   config["metadata"]["shards"])):
             shard_dir = dataset_dir / "shards" / f"{split}_{i:04d}"
-            generate_shard(syn, config["seed"], split, indices, shard_dir)
+            tasks.append((syn, config["seed"], split, indices, shard_dir))
             shards[split].append(shard_dir)
+    if workers > 1 and len(tasks) > 1:
+        # spawned, not forked: the caller may hold threads (torch, a test runner)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            for done in [pool.submit(generate_shard, *task) for task in tasks]:
+                done.result()
+    else:
+        for task in tasks:
+            generate_shard(*task)
     merge_shards(shards["train"], shards["test"], dataset_dir)
 
 
