@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from spinepipe.synth.generate import study_ids
+from spinepipe.synth.layout import study_ids
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_scale")

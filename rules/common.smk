@@ -13,7 +13,7 @@ from spinepipe.bundle.manifest import (
 )
 from spinepipe.code_inputs import import_closure
 from spinepipe.dataset import DatasetError, read_series_descriptions
-from spinepipe.synth.generate import SPLIT_CSVS, TRUTH_CSVS, shard_indices
+from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS, shard_indices
 
 # Predict-only mode (predict.bundle set): the studies of data_dir are graded with a trained
 # bundle, and only inference is planned (targets in default_targets). The bundle is read (a

@@ -17,11 +17,19 @@ once with a message naming the key:
   (ids, duplicates, submission row ids), so a bad line stops the run, not a late stage.
 
 Relative paths are resolved against the working directory, as the jobs resolve them.
+
+The model-stack checks (backbones, augmentations) import torch, timm and albumentations and
+take seconds, on every Snakemake start, dry runs included. Once they have passed, the
+working directory remembers it (``.snakemake/spinepipe-preflight/<key>``) for the settings
+they read, the installed torch, timm and albumentations and the code they run; any change of
+those checks again. The file, tracking and data checks run every time.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -168,18 +176,64 @@ def check_data_dir(config: Mapping[str, Any], workdir: Path) -> list[str]:
     return []
 
 
+PASSED_DIR = Path(".snakemake") / "spinepipe-preflight"
+
+
+def model_stack_key(config: Mapping[str, Any]) -> str:
+    """What the model-stack checks depend on, hashed: the settings they read, the installed
+    torch, timm and albumentations, and the code they run (this module's import closure)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from spinepipe.code_inputs import code_digest
+
+    train, crops = config.get("train", {}), config.get("crops", {})
+    settings = {"backbones": sorted(_find(config, "backbone")),
+                "train": {k: train.get(k) for k in ("families", "all_series_model", "augment")},
+                "crops": {k: crops.get(k) for k in ("slices", "size")},
+                "point_augment": config.get("localize", {}).get("point_model", {}).get("augment")}
+    versions = {}
+    for package in ("torch", "timm", "albumentations"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    text = json.dumps([settings, versions, code_digest(Path(__file__))], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_model_stack(config: Mapping[str, Any], workdir: Path) -> list[str]:
+    """Backbones and augmentations, unless they passed before with the same key."""
+    key = model_stack_key(config)
+    passed = workdir / PASSED_DIR / key
+    if passed.is_file():
+        log.info("preflight: backbones and augmentations passed before with these settings "
+                 "and packages (%s)", passed)
+        return []
+    problems: list[str] = []
+    complete = True
+    for check in (check_backbones, check_augment):
+        try:
+            problems += check(config)
+        except ImportError as error:  # e.g. a bare Snakemake env under --sdm conda
+            complete = False
+            log.warning("preflight: %s skipped, the model stack cannot be imported here (%s); "
+                        "the jobs will check", check.__name__, error)
+    if complete and not problems:
+        try:
+            passed.parent.mkdir(parents=True, exist_ok=True)
+            passed.write_text("passed\n")
+        except OSError as error:  # a read-only working directory only loses the shortcut
+            log.debug("preflight: cannot remember the passed checks in %s: %s", passed, error)
+    return problems
+
+
 def preflight(config: Mapping[str, Any], workdir: Path | None = None) -> None:
     """Run every check; raise ConfigError listing all problems, each naming its key."""
     workdir = Path.cwd() if workdir is None else workdir
     problems = [*check_weights(config, workdir),
                 *check_tracking(config.get("mlflow", {}), workdir),
-                *check_data_dir(config, workdir)]
-    for check in (check_backbones, check_augment):
-        try:
-            problems += check(config)
-        except ImportError as error:  # e.g. a bare Snakemake env under --sdm conda
-            log.warning("preflight: %s skipped, the model stack cannot be imported here (%s); "
-                        "the jobs will check", check.__name__, error)
+                *check_data_dir(config, workdir),
+                *check_model_stack(config, workdir)]
     if problems:
         raise ConfigError("invalid configuration (checked before any job):\n" + "\n".join(problems))
     log.info("preflight checks passed")

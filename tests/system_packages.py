@@ -40,7 +40,9 @@ def apt_install(packages: Sequence[str], timeout: float = 600) -> str | None:
     if apt is None:
         return "there is no apt-get"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", *packages]
+    # another install (a parallel test's, the system's) holds dpkg's lock: wait for it
+    lock_wait = ["-o", "DPkg::Lock::Timeout=300"]
+    install = [apt, *lock_wait, "install", "-y", "--no-install-recommends", *packages]
 
     def run(cmd: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -48,7 +50,7 @@ def apt_install(packages: Sequence[str], timeout: float = 600) -> str | None:
     try:
         result = run(install)
         if result.returncode != 0:
-            run([apt, "update"])
+            run([apt, *lock_wait, "update"])
             result = run(install)
     except subprocess.TimeoutExpired as error:
         return f"apt-get timed out installing {' '.join(packages)}: {error}"

@@ -35,6 +35,46 @@ def test_default_config_passes(tmp_path):
     preflight(make_config(), tmp_path)
 
 
+def test_passed_model_checks_are_remembered_until_what_they_read_changes(tmp_path, monkeypatch):
+    """The backbone and augmentation checks run once per working directory and settings:
+    again after a change of a setting they read, of an installed package or of their code,
+    and a change that breaks a setting is still reported."""
+    import importlib.metadata
+
+    from spinepipe import preflight as module
+
+    runs = []
+    for name in ("check_backbones", "check_augment"):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda config, real=real, name=name: (
+            runs.append(name), real(config))[1])
+    config = make_config()
+    preflight(config, tmp_path)
+    assert runs == ["check_backbones", "check_augment"]
+    assert [p.name for p in (tmp_path / module.PASSED_DIR).iterdir()] == [module.model_stack_key(config)]
+    preflight(config, tmp_path)  # remembered: not run again
+    preflight(deep_update(config, {"train": {"epochs": 99}}), tmp_path)  # a setting they do not read
+    assert len(runs) == 2
+    preflight(config, tmp_path / "elsewhere")  # another working directory checks for itself
+    assert len(runs) == 4
+    broken = deep_update(config, {"train": {"backbone": "resnet10"}})
+    with pytest.raises(ConfigError, match="'resnet10' is not a timm model"):
+        preflight(broken, tmp_path)
+    with pytest.raises(ConfigError, match="'resnet10' is not a timm model"):
+        preflight(broken, tmp_path)  # a failed check is never remembered
+    assert len(runs) == 8
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0.1" if name == "timm" else real_version(name))
+    preflight(config, tmp_path)  # another timm: checked again
+    assert len(runs) == 10
+    import spinepipe.code_inputs
+
+    monkeypatch.setattr(spinepipe.code_inputs, "code_digest", lambda path: "other code")
+    preflight(config, tmp_path)  # other code: checked again
+    assert len(runs) == 12
+
+
 def test_unknown_backbones_are_named(tmp_path):
     message = _error(tmp_path, {"train": {"backbone": "resnet10"},
                                 "localize": {"slice_model": {"backbone": "efficientnet_b99"}}})
@@ -95,6 +135,7 @@ def test_bad_competition_csv_is_named_with_its_line(tmp_path):
     assert "data_dir" in message and "sample_submission.csv, line 5" in message
 
 
+@pytest.mark.slow
 def test_dry_run_with_a_bad_backbone_stops_before_any_job(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"train": {"backbone": "resnet_nope"}}))
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),

@@ -26,7 +26,7 @@ import yaml
 from conftest import REPO, TINY, make_config
 from workflow_runs import planned_jobs, snakemake
 
-from spinepipe.synth.generate import study_ids
+from spinepipe.synth.layout import study_ids
 
 TARGETS = ["results/dataset/summary.json", "results/synthetic/learnability.json",
            "results/metadata/axial_xref.parquet", "results/eval/geometry.json"]

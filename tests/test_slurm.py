@@ -124,9 +124,11 @@ def _jobs(squeue: str) -> list[dict]:
     return jobs
 
 
-def _snakemake_on_slurm(slurm, workdir: Path, args: list[str],
+def _snakemake_on_slurm(slurm, workdir: Path, targets: list[str], args: list[str],
                         server) -> tuple[Counter, subprocess.CompletedProcess]:
-    """A dry run (the jobs it plans, without the local ``all``), then the real run."""
+    """A dry run (the jobs it plans, without the local ``all``), then the real run. The
+    targets come first: options such as --set-resources take every word after them."""
+    args = [*targets, *args]
     dry = subprocess.run([sys.executable, "-m", "snakemake", *args, "--dry-run"],
                          capture_output=True, text=True, cwd=workdir, env=slurm.env, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -161,9 +163,9 @@ def slurm_run(slurm, tracking_server, tmp_path_factory):
             "--configfile", "tiny.yaml", "slurm.yaml", "tracking.yaml",
             "--set-resources", *_capped_resources(slurm.memory_mb // 2)]
     started = time.monotonic()
-    planned, dataset = _snakemake_on_slurm(slurm, workdir, [*args, DATASET_TARGET], tracking_server)
+    planned, dataset = _snakemake_on_slurm(slurm, workdir, [DATASET_TARGET], args, tracking_server)
     damaged = damage_test_study(workdir / "results" / "synthetic")
-    rest, result = _snakemake_on_slurm(slurm, workdir, args, tracking_server)
+    rest, result = _snakemake_on_slurm(slurm, workdir, [], args, tracking_server)
     seconds = time.monotonic() - started
     squeue = slurm.run("squeue", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}").stdout
     print(f"snakemake --profile slurm: {sum((planned + rest).values())} jobs in {seconds:.0f} s")
@@ -195,7 +197,7 @@ def test_pipeline_runs_as_slurm_jobs(slurm_run):
     # every train study it rendered.
     from conftest import make_config
 
-    from spinepipe.synth.generate import study_ids
+    from spinepipe.synth.layout import study_ids
 
     log = (workdir / "logs" / "synthesize" / "train_0000.log").read_text()
     ids = study_ids(make_config()["seed"], "train", TINY["synthetic"]["n_train"])

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pydicom
+import pytest
 from conftest import make_config
 
 from spinepipe.constants import CONDITION_FAMILY, LEVELS
-from spinepipe.synth.generate import generate_dataset, study_ids
+from spinepipe.synth.generate import generate_dataset
 from spinepipe.synth.labels import sample_labels
+from spinepipe.synth.layout import study_ids
 
 
 def _draw(priors, correlation: float, n: int, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
@@ -21,6 +23,7 @@ def _draw(priors, correlation: float, n: int, seed: int = 0) -> dict[tuple[str, 
     return {key: np.array([d[key] for d in draws]) for key in draws[0]}
 
 
+@pytest.mark.slow  # tens of thousands of draws
 def test_labels_follow_configured_priors():
     priors = make_config()["synthetic"]["priors"]
     n = 20_000
@@ -33,6 +36,7 @@ def test_labels_follow_configured_priors():
         assert np.all(np.abs(observed - expected) < tolerance), (condition, level, observed, expected)
 
 
+@pytest.mark.slow  # tens of thousands of draws
 def test_custom_priors_are_honoured():
     flat = {family: {lv: [0.2, 0.3, 0.5] for lv in LEVELS}
             for family in ("spinal", "foraminal", "subarticular")}
@@ -42,6 +46,7 @@ def test_custom_priors_are_honoured():
                                atol=0.01)
 
 
+@pytest.mark.slow  # tens of thousands of draws
 def test_label_correlation_is_configurable():
     priors = make_config()["synthetic"]["priors"]
     a, b = ("spinal_canal_stenosis", "l4_l5"), ("left_subarticular_stenosis", "l4_l5")

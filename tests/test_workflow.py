@@ -19,7 +19,7 @@ from spinepipe import checkpoints
 from spinepipe.classify.end_to_end import check_no_leak
 from spinepipe.dataset import read_labels
 from spinepipe.metric import labels_to_long
-from spinepipe.synth.generate import shard_indices, study_ids
+from spinepipe.synth.layout import shard_indices, study_ids
 
 
 @pytest.fixture(scope="module")

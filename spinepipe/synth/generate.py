@@ -40,14 +40,17 @@ from spinepipe.constants import (
 from spinepipe.synth.anatomy import SpineAnatomy, random_anatomy
 from spinepipe.synth.dicom_writer import build_dataset, write_dataset
 from spinepipe.synth.labels import pathology_from_labels, sample_labels
+from spinepipe.synth.layout import (
+    SPLITS,
+    shard_indices,
+    study_ids,
+    study_rng,
+)
 from spinepipe.synth.render import BiasField, render_slice, to_stored
 from spinepipe.synth.series import SeriesPlan, plan_study_series
 
 log = logging.getLogger(__name__)
 
-SPLITS = {"train": 1, "test": 2}
-# disjoint id ranges keep train and test ids apart without looking at each other
-ID_RANGES = {"train": (1_000_000, 2_200_000_000), "test": (2_200_000_000, 4_290_000_000)}
 SERIES_FOR_FAMILY = {"spinal": SAGITTAL_T2, "foraminal": SAGITTAL_T1, "subarticular": AXIAL_T2}
 
 COORDINATE_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "instance_number": pl.Int64,
@@ -62,45 +65,6 @@ CENTER_SCHEMA = {"study_id": pl.Int64, "level": pl.String, "x_mm": pl.Float64,
 LABEL_SCHEMA = {"study_id": pl.Int64, **{c: pl.String for c in LABEL_COLUMNS}}
 QUIRK_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "series_description": pl.String,
                 "quirk": pl.String}
-
-
-def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS[split], index, stream])
-
-
-def study_id_for(seed: int, split: str, index: int) -> int:
-    low, high = ID_RANGES[split]
-    return int(study_rng(seed, split, index, stream=1).integers(low, high))
-
-
-def study_ids(seed: int, split: str, count: int) -> list[int]:
-    """Unique ids for studies 0..count-1 of a split; a clash redraws the later study's id."""
-    ids: list[int] = []
-    seen: set[int] = set()
-    for index in range(count):
-        candidate, attempt = study_id_for(seed, split, index), 0
-        while candidate in seen:
-            attempt += 1
-            low, high = ID_RANGES[split]
-            candidate = int(study_rng(seed, split, index, stream=100 + attempt).integers(low, high))
-        seen.add(candidate)
-        ids.append(candidate)
-    return ids
-
-
-def study_shard(study_id: int, shards: int) -> int:
-    """The shard of a study in every per-study stage (synthesis, header parse, localizer
-    stacks and inference): fixed by its id, so a study never moves and a new one touches
-    only its own shard."""
-    return study_id % shards
-
-
-def shard_indices(seed: int, split: str, count: int, shards: int) -> list[list[int]]:
-    """Per shard, the indices (0..count-1) of the split's studies whose id falls in it."""
-    out: list[list[int]] = [[] for _ in range(shards)]
-    for index, study_id in enumerate(study_ids(seed, split, count)):
-        out[study_shard(study_id, shards)].append(index)
-    return out
 
 
 @dataclass
@@ -295,11 +259,6 @@ def link_images(shard_dirs: list[Path], image_root: Path) -> None:
                 shutil.copy2(source, target)
 
 
-SPLIT_CSVS = {
-    "train": ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv"),
-    "test": ("test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv"),
-}
-TRUTH_CSVS = ("level_centers.csv", "quirks.csv")
 
 
 def merge_split(split: str, shard_dirs: list[Path], dataset_dir: Path) -> None:
