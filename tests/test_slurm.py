@@ -184,8 +184,7 @@ def test_pipeline_runs_as_slurm_jobs(slurm_run):
     assert rules == slurm_run["planned"], squeue
     # every rule of the default target but `all` (the local one), one job per split for each
     # sharded per-study stage
-    for rule in ("synthesize_shard", "instances_shard", "localizer_stacks", "localize",
-                 "crops_shard"):
+    for rule in ("synthesize_shard", "instances_shard", "localizer_stacks", "localize"):
         assert rules[rule] == 2, (rule, squeue)
     assert rules["train_model"] == 3 * TINY["folds"]["n"], squeue
     assert output.count("has been submitted with SLURM jobid") == len(jobs), output[-3000:]
