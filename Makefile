@@ -8,6 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# make test runs the suite on this many worker processes (pytest-xdist): each test module on
+# one worker, the modules that share the tiny pipeline's run together (tests/conftest.py)
+TEST_WORKERS ?= 2
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
 .PHONY: run test lint venv dryrun report readme-sheet clean
@@ -37,7 +40,7 @@ readme-sheet: $(STAMP)
 	$(BIN)/python -m spinepipe.qa.example results docs/study_sheet.png
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # the workflow's and the package's source checks (also run by .ci/run)
 lint: $(STAMP)

@@ -53,6 +53,16 @@ QUIRKY = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (make test) each test module runs on one
+    worker, so its module-scoped fixtures (a trained run, a database) are built once; modules
+    that share a session fixture as costly name one ``xdist_group`` (tiny_run)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def make_config(*overlays: dict[str, Any]) -> dict[str, Any]:
     """The repository's config.yaml with test overlays applied (validated)."""
     config = load_config(REPO / "config.yaml")
