@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 # make test runs the suite on this many worker processes (pytest-xdist): each test module on
-# one worker, the modules that share the tiny pipeline's run together (tests/conftest.py)
+# one worker, the slowest first (tests/conftest.py)
 TEST_WORKERS ?= 2
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
@@ -40,7 +40,7 @@ readme-sheet: $(STAMP)
 	$(BIN)/python -m spinepipe.qa.example results docs/study_sheet.png
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # the workflow's and the package's source checks (also run by .ci/run)
 lint: $(STAMP)

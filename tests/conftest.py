@@ -53,14 +53,19 @@ QUIRKY = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
+# The slowest modules, started first under pytest-xdist (make test: --dist loadfile
+# --no-loadscope-reorder keeps this order), so that the workers share out the rest meanwhile
+# instead of one of them starting a long module at the end.
+SLOWEST_FIRST = ("test_slurm", "test_workflow", "test_hostile_split", "test_code_inputs",
+                 "test_rebuild")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``pytest -n N --dist loadgroup`` (make test) each test module runs on one
-    worker, so its module-scoped fixtures (a trained run, a database) are built once; modules
-    that share a session fixture as costly name one ``xdist_group`` (tiny_run)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module and among the rest stays
 
 
 def make_config(*overlays: dict[str, Any]) -> dict[str, Any]:
@@ -73,12 +78,24 @@ def make_config(*overlays: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
-    """The tiny pipeline's run, built once per session (tests/workflow_runs.py): (working
-    directory, the damaged test studies). Tests only read it or dry-run against it."""
+    """The tiny pipeline's run, built once per test session (tests/workflow_runs.py):
+    (working directory, the damaged test studies). Tests only read it or dry-run against
+    it. Under pytest-xdist the workers share it: the first to ask builds it in the session's
+    common temporary folder while the others wait on its lock."""
+    import json
+
+    from filelock import FileLock
     from workflow_runs import build_tiny_run
 
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    return workdir, build_tiny_run(workdir)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder every worker's base folder lies in
+    workdir, done = root / "tiny_run", root / "tiny_run.json"
+    with FileLock(str(root / "tiny_run.lock")):
+        if not done.is_file():
+            workdir.mkdir(exist_ok=True)
+            done.write_text(json.dumps(build_tiny_run(workdir)))
+    return workdir, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")

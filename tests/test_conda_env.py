@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO / "envs" / "pipeline.yaml"
 
 # requirements.txt entries only the test suite uses: not in the rules' environment
-TEST_ONLY = {"pytest", "pytest-xdist", "selenium", "ruff", "snakefmt"}  # tests and source checks only
+TEST_ONLY = {"pytest", "pytest-xdist", "filelock", "selenium", "ruff", "snakefmt"}  # tests and source checks only
 # pip name -> conda-forge name, where the two differ (pip names canonicalized)
 CONDA_NAMES = {
     "torch": "pytorch",

@@ -52,10 +52,6 @@ RUN_LIMIT_S = 1200
 SQUEUE_FORMAT = "%i|%T|%k|%S|%e|%C|%m"
 
 
-# with the other module that reads the shared tiny run, on one worker (tests/conftest.py)
-pytestmark = pytest.mark.xdist_group("tiny_run")
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     try:

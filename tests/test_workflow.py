@@ -21,9 +21,6 @@ from spinepipe.dataset import read_labels
 from spinepipe.metric import labels_to_long
 from spinepipe.synth.layout import shard_indices, study_ids
 
-# with the other module that reads the shared tiny run, on one worker (tests/conftest.py)
-pytestmark = pytest.mark.xdist_group("tiny_run")
-
 
 @pytest.fixture(scope="module")
 def workflow_run(tiny_run):
