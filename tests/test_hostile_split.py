@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,9 @@ import polars as pl
 import pydicom
 import pytest
 import yaml
-from conftest import REPO, TINY, WORKERS, make_config
+from conftest import TINY, WORKERS, make_config
 from hostile import N_TEST, HostilePlan, build_split_pair
-from workflow_runs import planned_jobs
+from workflow_runs import planned_jobs, snakemake
 
 from spinepipe.classify.inference import FAMILY_DESCRIPTIONS, validate_submission
 from spinepipe.constants import CONDITION_FAMILY, CONDITIONS, SUBMISSION_COLUMNS
@@ -37,10 +36,7 @@ TRAINING_RULES = {"train_localizer", "coordinates", "train_parent_run", "train_m
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                             "--cores", "2", "-d", str(workdir), *TARGETS, "--configfile",
-                             "run.yaml", *args], capture_output=True, text=True, timeout=1500,
-                            cwd=workdir)
+    result = snakemake(workdir, *TARGETS, "--configfile", "run.yaml", *args)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

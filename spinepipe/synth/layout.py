@@ -15,6 +15,7 @@ SPLITS = {"train": 1, "test": 2}
 # disjoint id ranges keep train and test ids apart without looking at each other
 ID_RANGES = {"train": (1_000_000, 2_200_000_000), "test": (2_200_000_000, 4_290_000_000)}
 
+
 def study_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS[split], index, stream])
 
