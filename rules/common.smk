@@ -13,6 +13,7 @@ from spinepipe.bundle.manifest import (
 )
 from spinepipe.code_inputs import import_closure
 from spinepipe.dataset import DatasetError, read_series_descriptions
+from spinepipe.localize import settings as localize_settings
 from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS, shard_indices
 
 # Predict-only mode (predict.bundle set): the studies of data_dir are graded with a trained
@@ -209,18 +210,17 @@ def default_targets():
     return targets
 
 
-# Localization: one slice and one point model per series type and fold.
-LOCALIZE_TASKS = ["sagittal_t2", "sagittal_t1", "axial_t2"]
-LOCALIZE_KINDS = ["point", "slice"]
+# Localization: a point model per series type and fold, and the slice models the slice
+# methods use (or all of them, to compare the methods: localize.compare_slice_methods).
+LOCALIZE_TASKS = list(localize_settings.TASKS)
 
 
 def localizer_checkpoints():
-    return expand(
-        "results/localize/models/{kind}_{task}_fold{fold}.pt",
-        kind=LOCALIZE_KINDS,
-        task=LOCALIZE_TASKS,
-        fold=range(config["folds"]["n"]),
-    )
+    return [
+        f"results/localize/models/{kind}_{task}_fold{fold}.pt"
+        for kind, task in localize_settings.trained_models(config["localize"])
+        for fold in range(config["folds"]["n"])
+    ]
 
 
 def onnx_exports(checkpoints):

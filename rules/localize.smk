@@ -118,9 +118,12 @@ rule localize:
         mem_mb=3000,
         runtime=60,
     params:
-        # a bundle grading new studies skips the slice models' choice where the slice method
-        # does not use it (a training run reports it, to compare the methods)
-        cfg=localization_settings(SETTINGS, report_learned_slices=not PREDICT),
+        # the slice models' choice where the slice method does not use it: reported by a
+        # training run that compares the methods, skipped by a bundle grading new studies
+        cfg=localization_settings(
+            SETTINGS,
+            report_learned_slices=not PREDICT and config["localize"]["compare_slice_methods"],
+        ),
         runtime=RUNTIME,
     script:
         "../workflow_scripts/localize.py"

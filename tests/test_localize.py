@@ -22,7 +22,7 @@ from spinepipe.localize.training import evaluate_points, train_point_model
 from spinepipe.metadata import parse_instances, summarize_series
 from spinepipe.xref import slice_reader, stack_geometries
 
-CFG = {"slice_method": "geometric", "slice_image_size": 32, "axial_crop": 32,
+CFG = {"slice_method": "geometric", "report_learned_slices": True, "slice_image_size": 32, "axial_crop": 32,
        "decode": {"radius": 3, "search": 0.05},
        "foramen_offset_mm": 21.0}
 
@@ -48,7 +48,8 @@ def test_point_model_learns_the_canal(tiny_train):
     samples = point_samples("sagittal_t2", coords, StackCache(index), series, None, 32, neighbours=1)
     assert len(samples) >= 15
     cfg = {"seed": 0, "backbone": "resnet10t", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 8,
-           "epochs": 12, "augment": {"shift": 0.03, "scale": 0.05, "rotate": 3}}
+           "epochs": 12, "augment": {"shift": 0.03, "scale": 0.05, "rotate": 3},
+           "neighbour_sampling": "all", "channels_last": False}
     history = []
     model, metrics = train_point_model(samples, samples, 5, cfg, lambda m, step: history.append(m))
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]

@@ -43,11 +43,11 @@ from spinepipe.localize.samples import (
     flip_columns,
 )
 from spinepipe.localize.stacks import StackCache
+from spinepipe.localize.settings import TASKS, slice_method
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
 
 log = logging.getLogger(__name__)
 
-TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
 CANAL = CONDITION_NAMES["spinal_canal_stenosis"]
 FORAMEN = {side: CONDITION_NAMES[f"{side}_neural_foraminal_narrowing"] for side in SIDES}
 RECESS = {side: CONDITION_NAMES[f"{side}_subarticular_stenosis"] for side in SIDES}
@@ -314,16 +314,14 @@ class StudyLocalizer:
                 "learned_slice": learned, "slice_method": self.slice_method(TASK_OF[series["series_description"]])}
 
     def slice_method(self, task: str) -> str:
-        """``localize.slice_method``: one method for every series type, or one per type."""
-        method = self.cfg["slice_method"]
-        return method if isinstance(method, str) else method[task]
+        return slice_method(self.cfg, task)
 
     def _learned_slices(self, task: str, images: np.ndarray, size: int,
                         slice_ok: np.ndarray | None) -> np.ndarray | None:
         """The slice model's choice, where the slice method uses it or the localization is
-        compared with the geometric one (``report_learned_slices``, on by default: the
-        evaluation of a training run); a bundle grading new studies skips it."""
-        if self.slice_method(task) != "learned" and not self.cfg.get("report_learned_slices", True):
+        compared with the geometric one (``report_learned_slices``: a training run with
+        ``compare_slice_methods``); a bundle grading new studies skips it."""
+        if self.slice_method(task) != "learned" and not self.cfg["report_learned_slices"]:
             return None
         return predict_slices(self.models[task].slice, images, size, slice_ok)
 

@@ -11,6 +11,7 @@ import polars as pl
 import torch
 
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
+from spinepipe.localize.settings import point_epochs
 from spinepipe.localize.stacks import StackCache
 from spinepipe.localize.training import save_checkpoint, train_point_model, train_slice_model
 from spinepipe.tracking import mlflow_run
@@ -25,14 +26,12 @@ def mirrored_series(instances: pl.DataFrame, series: pl.DataFrame) -> frozenset[
                      if geometry.mirrored)
 
 
-def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, stack_index: pl.DataFrame,
-               instances: pl.DataFrame, series: pl.DataFrame, xref: pl.DataFrame, folds: pl.DataFrame,
-               cfg: dict[str, Any], tracking: dict[str, Any], out: Path, threads: int) -> dict[str, float]:
-    """Train the ``kind`` model of ``task`` on every fold but ``fold``; validate on ``fold``."""
-    torch.set_num_threads(max(threads, 1))
-    cache = StackCache(stack_index)
+def fold_samples(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, cache: StackCache,
+                 instances: pl.DataFrame, series: pl.DataFrame, xref: pl.DataFrame, folds: pl.DataFrame,
+                 cfg: dict[str, Any]) -> tuple[list, list]:
+    """Training samples (every fold but ``fold``) and validation samples (``fold``; annotated
+    slices only, not their neighbours) of the ``kind`` model of ``task``."""
     held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())
-    model_cfg = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold, "device": cfg.get("device", "cpu")}
     if kind == "point":
         samples = point_samples(task, coordinates, cache, series, xref, cfg["axial_crop"],
                                 neighbours=cfg["neighbours"],
@@ -43,6 +42,17 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
         samples = slice_samples(task, coordinates, cache, cfg["slice_image_size"])
         train = [s for s in samples if s.study_id not in held_out]
         val = [s for s in samples if s.study_id in held_out]
+    return train, val
+
+
+def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, stack_index: pl.DataFrame,
+               instances: pl.DataFrame, series: pl.DataFrame, xref: pl.DataFrame, folds: pl.DataFrame,
+               cfg: dict[str, Any], tracking: dict[str, Any], out: Path, threads: int) -> dict[str, float]:
+    """Train the ``kind`` model of ``task`` on every fold but ``fold``; validate on ``fold``."""
+    torch.set_num_threads(max(threads, 1))
+    model_cfg = model_settings(kind, task, fold, cfg)
+    train, val = fold_samples(kind, task, fold, coordinates=coordinates, cache=StackCache(stack_index),
+                              instances=instances, series=series, xref=xref, folds=folds, cfg=cfg)
     log.info("%s %s fold %d: %d training and %d validation samples", kind, task, fold,
              len(train), len(val))
     params = {"kind": kind, "task": task, "fold": fold, "n_train": len(train), "n_val": len(val),
@@ -57,3 +67,14 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
         save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
                                      "fold": fold, "metrics": metrics})
     return metrics
+
+
+def model_settings(kind: str, task: str, fold: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The training settings of one fold's ``kind`` model of ``task``: its section of
+    ``localize`` with the fold's seed, the device, the settings shared by both kinds and (point
+    models) the series type's epochs."""
+    settings = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold, "device": cfg["device"],
+                                       "channels_last": cfg["channels_last"]}
+    if kind == "point":
+        settings["epochs"] = point_epochs(cfg, task)
+    return settings

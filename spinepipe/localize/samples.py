@@ -46,6 +46,7 @@ class PointSample:
     mask: np.ndarray                  # (K,) bool
     mm_per_px: float
     meta: dict = field(default_factory=dict)
+    group: int = -1                   # samples of one annotated slice and its neighbours share it
 
     @property
     def image(self) -> np.ndarray:
@@ -129,8 +130,8 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
 
     ``neighbours`` adds the slices next to an annotated sagittal slice with the same points:
     the canal and the foramina are tubes crossing several slices, and it teaches the model
-    to tolerate a slice choice one off (slice jitter). Slices that could not be decoded
-    (``slice_ok`` False, all zeros) give no sample.
+    to tolerate a slice choice one off (slice jitter); the samples of one annotated slice share
+    a ``group``. Slices that could not be decoded (``slice_ok`` False, all zeros) give no sample.
     """
     conditions = TASK_CONDITIONS[task]
     wanted = coordinates.filter(pl.col("condition").is_in(list(conditions)))
@@ -152,13 +153,14 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
                 k = LEVEL_INDEX[r["level"]]
                 points[k] = (r["x"] / stack["scale"][0], r["y"] / stack["scale"][1])
                 mask[k] = True
+            annotated_slice = len(samples)  # group id: the first sample's position
             for offset in range(-neighbours, neighbours + 1):
                 if 0 <= index + offset < len(stack["slice_ok"]) and _decoded(stack, index + offset):
                     samples.append(PointSample(
                         int(group["study_id"][0]),
                         partial(_sagittal_slice, cache, series_id, index + offset),
                         points, mask, spacing[series_id] * float(stack["scale"][0]),
-                        meta={"offset": offset}))
+                        meta={"offset": offset}, group=annotated_slice))
         return samples
     # axial: a crop around the level's cross-referenced point, left and right recess points
     centres = {(r["study_id"], r["level"], r["series_id"]): (r["x"], r["y"], r["instance_number"])
@@ -187,7 +189,7 @@ def point_samples(task: str, coordinates: pl.DataFrame, cache: StackCache, serie
             points = flip_points(points, axial_crop)
         samples.append(PointSample(int(study_id),
                                    partial(_axial_crop, cache, series_id, index, centre, axial_crop, mirror),
-                                   points, mask, spacing[series_id] * float(scale[0])))
+                                   points, mask, spacing[series_id] * float(scale[0]), group=len(samples)))
     return samples
 
 

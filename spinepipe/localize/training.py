@@ -75,13 +75,15 @@ def _schedule(optimizer, epochs: int, steps_per_epoch: int, warmup: int = 1):
 
 
 def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: int,
-                    device: torch.device = CPU) -> dict[str, float]:
+                    device: torch.device = CPU,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
     model.eval()
     errors, losses = [], []
-    with torch.no_grad():
+    with torch.inference_mode():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
             images, target, mask = (t.to(device) for t in _batch(chunk, None))
+            images = images.contiguous(memory_format=memory_format)
             out = model(images)
             losses.append(float(point_loss(out, target, mask)))
             size = np.array(images.shape[-1:-3:-1])
@@ -92,27 +94,47 @@ def evaluate_points(model: PointModel, samples: list[PointSample], batch_size: i
             for s, e, m in zip(chunk, err_px, mask.numpy()):
                 errors += list(np.hypot(e[m, 0], e[m, 1]) * s.mm_per_px)
     return {"val_loss": float(np.mean(losses)) if losses else float("nan"),
-            "val_point_error_mm_median": float(np.median(errors)) if errors else float("nan")}
+            "val_point_error_mm_median": float(np.median(errors)) if errors else float("nan"),
+            "val_point_error_mm_p95": float(np.percentile(errors, 95)) if errors else float("nan")}
+
+
+def epoch_draw(samples: list[PointSample], sampling: str, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the samples one epoch trains on, shuffled. ``all``: every sample; ``random``:
+    one sample of each group (an annotated slice or one of its neighbours), drawn anew each
+    epoch, so the neighbours teach slice tolerance at the cost of one sample per slice."""
+    if sampling == "all":
+        return rng.permutation(len(samples))
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        members.setdefault(s.group if s.group >= 0 else -1 - i, []).append(i)
+    chosen = np.array([m[rng.integers(len(m))] for m in members.values()], dtype=np.int64)
+    return rng.permutation(chosen)
 
 
 def train_point_model(train: list[PointSample], val: list[PointSample], n_points: int,
                       cfg: dict[str, Any], logger=None) -> tuple[PointModel, dict[str, float]]:
     seed_everything(cfg["seed"])
+    rng = np.random.default_rng(cfg["seed"])
     device = resolve_device(cfg.get("device", "cpu"), "localize.device")
     model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None).to(device)
+    memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     batch_size = cfg["batch_size"]
-    steps = math.ceil(len(train) / batch_size)
+    steps = math.ceil(len(epoch_draw(train, cfg["neighbour_sampling"], np.random.default_rng(0))) / batch_size)
     scheduler = _schedule(optimizer, cfg["epochs"], steps)
     augment = _augmenter(cfg["augment"] | {"seed": cfg["seed"]})
     metrics: dict[str, float] = {}
     for epoch in range(cfg["epochs"]):
         model.train()
-        order = np.random.permutation(len(train))
-        start, total = time.perf_counter(), 0.0
+        order = epoch_draw(train, cfg["neighbour_sampling"], rng)
+        start, total, data_seconds = time.perf_counter(), 0.0, 0.0
         for i in range(0, len(order), batch_size):
-            images, target, mask = (t.to(device, non_blocking=True) for t in
-                                    _batch([train[j] for j in order[i:i + batch_size]], augment))
+            data_start = time.perf_counter()
+            images, target, mask = _batch([train[j] for j in order[i:i + batch_size]], augment)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            target, mask = target.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            data_seconds += time.perf_counter() - data_start
             loss = point_loss(model(images), target, mask)
             optimizer.zero_grad()
             loss.backward()
@@ -120,12 +142,16 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
             optimizer.step()
             scheduler.step()
             total += float(loss.detach()) * len(images)
-        metrics = {"train_loss": total / max(len(train), 1), "epoch_seconds": time.perf_counter() - start,
-                   "lr": scheduler.get_last_lr()[0], **evaluate_points(model, val, batch_size, device)}
+        epoch_seconds = time.perf_counter() - start
+        metrics = {"train_loss": total / max(len(order), 1), "epoch_seconds": epoch_seconds,
+                   "samples_per_second": len(order) / epoch_seconds,
+                   "data_share": data_seconds / epoch_seconds,
+                   "lr": scheduler.get_last_lr()[0],
+                   **evaluate_points(model, val, batch_size, device, memory_format)}
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
         if logger is not None:
             logger(metrics, epoch)
-    return model.cpu(), metrics
+    return model.to(memory_format=torch.contiguous_format).cpu(), metrics
 
 
 def _slice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

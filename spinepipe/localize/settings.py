@@ -1,0 +1,35 @@
+"""What the localization settings (``localize`` of the config) decide beyond single values:
+which models a run trains, and each point model's epochs. Read by the workflow when it plans
+jobs, so nothing here imports torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
+KINDS = ("point", "slice")
+
+
+def slice_method(cfg: dict[str, Any], task: str) -> str:
+    """``slice_method``: one method for every series type, or one per type."""
+    method = cfg["slice_method"]
+    return method if isinstance(method, str) else method[task]
+
+
+def trains_slice_model(cfg: dict[str, Any], task: str) -> bool:
+    """A slice model is trained for a series type whose slice method is learned, or for every
+    type when ``compare_slice_methods`` asks for the learned choice beside the geometric one."""
+    return cfg["compare_slice_methods"] or slice_method(cfg, task) == "learned"
+
+
+def trained_models(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, task) of every localizer a training run trains: a point model per series type,
+    and the slice models :func:`trains_slice_model` asks for."""
+    return [("point", task) for task in TASKS] + [("slice", task) for task in TASKS
+                                                  if trains_slice_model(cfg, task)]
+
+
+def point_epochs(cfg: dict[str, Any], task: str) -> int:
+    """``point_model.epochs``: one count for every series type, or one per type."""
+    epochs = cfg["point_model"]["epochs"]
+    return epochs if isinstance(epochs, int) else epochs[task]
