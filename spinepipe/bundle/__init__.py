@@ -8,7 +8,7 @@ Layout (``results/bundle/`` of a training run)::
     config.json          the settings the inference stages read (localization, crops, ensemble)
     priors.csv           training label frequencies per condition and level (rows no view serves)
     temperatures.json    per-family temperature of the ensemble
-    localizers/          point and slice model per series type and fold: <name>.pt and <name>.onnx
+    localizers/          point model per series type and fold (slice models where used): <name>.pt, .onnx
     severity/            one model per condition family and fold: <name>.pt and <name>.onnx
 
 ``spinepipe.bundle.manifest`` reads and verifies one (prediction side, light);

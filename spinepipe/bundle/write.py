@@ -135,6 +135,12 @@ def _score_lines(scores: Mapping[str, Any]) -> list[str]:
     return [f"- {names.get(k, k)}: **{v:.4f}**" for k, v in scores.items() if v is not None]
 
 
+def localizer_counts(localizers: list[dict]) -> str:
+    """'9 point, 3 slice' from the localizers' meta."""
+    kinds = [m["kind"] for m in localizers]
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("point", "slice") if kind in kinds)
+
+
 def model_card(card: Mapping[str, Any], localizers: list[dict], severity: list[dict], families: list[str],
                folds: list[int], code: Mapping[str, Any]) -> str:
     """The bundle's MODEL_CARD.md: what it grades, from what, how well, and its limits."""
@@ -153,7 +159,8 @@ def model_card(card: Mapping[str, Any], localizers: list[dict], severity: list[d
         "`test_series_descriptions.csv` naming each series Sagittal T1, Sagittal T2/STIR or Axial T2).",
         "",
         "## Models",
-        f"- Localizers: point and slice models per series type and fold ({len(localizers)} models; "
+        f"- Localizers: a point model per series type and fold, and slice models where a slice method "
+        f"is learned ({len(localizers)} models: {localizer_counts(localizers)}; "
         f"backbone {', '.join(backbones)}), also as ONNX.",
         f"- Severity: one model per condition family ({', '.join(families)}) and fold ({len(folds)} folds; "
         f"{len(severity)} models; backbone {', '.join(sorted({m['backbone'] for m in severity}))}, head "
