@@ -42,8 +42,8 @@ from spinepipe.localize.samples import (
     downsample_stack,
     flip_columns,
 )
-from spinepipe.localize.stacks import StackCache
 from spinepipe.localize.settings import TASKS, slice_method
+from spinepipe.localize.stacks import StackCache
 from spinepipe.xref import axial_cross_reference, level_points, select_sagittal_slices
 
 log = logging.getLogger(__name__)
