@@ -405,7 +405,10 @@ def test_a_bundle_grades_new_studies_as_the_training_run_did(predict_run):
     bundle = run / "results" / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())
     folds = TINY["folds"]["n"]
-    assert len(manifest["localizers"]) == 2 * 3 * folds and len(manifest["severity_models"]) == 3 * folds
+    # a point model per series type and fold; no slice model (every slice method is geometric)
+    assert sorted(Path(m).stem for m in manifest["localizers"]) == sorted(
+        f"point_{task}_fold{fold}" for task in ("sagittal_t2", "sagittal_t1", "axial_t2") for fold in range(folds))
+    assert len(manifest["severity_models"]) == 3 * folds
     for model in manifest["localizers"] + manifest["severity_models"]:
         assert {model, str(Path(model).with_suffix(".onnx"))} <= manifest["files"].keys()
     meta = checkpoints.load(bundle / manifest["severity_models"][0])["meta"]
