@@ -14,7 +14,6 @@ in mm; slice: within one slice). Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from spinepipe.config import load_config
+from spinepipe.config import deep_update, load_config
 from spinepipe.dataset import read_coordinates
 from spinepipe.localize.pipeline import fold_samples, model_settings
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS
@@ -53,13 +52,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "slice_epochs_6": {"slice_model": {"epochs": 6}},
     "slice_epochs_4": {"slice_model": {"epochs": 4}},
 }
-
-
-def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def main() -> None:
@@ -100,7 +92,7 @@ def main() -> None:
         for task in args.tasks:
             for fold in args.folds:
                 for name, overlay in variants.items():
-                    cfg = merged(config["localize"], overlay) | {"seed": config["seed"]}
+                    cfg = deep_update(config["localize"], overlay) | {"seed": config["seed"]}
                     train, val = fold_samples(kind, task, fold, cache=cache, cfg=cfg, **tables)
                     settings = model_settings(kind, task, fold, cfg)
                     start = time.perf_counter()
