@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random_neighbour": {"point_model": {"neighbour_sampling": "random"}},
     "channels_last": {"channels_last": True},
     "contiguous": {"channels_last": False},
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
     "random_channels_last": {"point_model": {"neighbour_sampling": "random"}, "channels_last": True},
     "random_channels_last_epochs_30": {"point_model": {"neighbour_sampling": "random", "epochs": 30},
                                        "channels_last": True},

@@ -6,11 +6,13 @@ its crop cache for training. Prints the figures; targets are checked by reading 
 by a timed test.
 
     .venv/bin/python benchmarks/bench_train.py [--studies 16] [--epochs 2] [--workers 0 1]
+        [--precision fp32 bf16] [--layout contiguous channels_last]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import tempfile
@@ -40,6 +42,10 @@ def main() -> None:
     parser.add_argument("--family", default="spinal")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=[None], choices=["auto", "fp32", "bf16"],
+                        help="train.precision values to compare (default: the config's)")
+    parser.add_argument("--layout", nargs="+", default=[None], choices=["contiguous", "channels_last"],
+                        help="memory layouts to compare (default: the config's train.channels_last)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -67,18 +73,23 @@ def main() -> None:
     error_file = results / "localize" / "oof_error.json"
     errors = json.loads(error_file.read_text()) if error_file.exists() else {}
     data = config["crops"] | resolve_jitter(args.family, cfg, config["crops"], errors)
-    for workers in args.workers:
+    for workers, precision, layout in itertools.product(args.workers, args.precision, args.layout):
+        run_cfg = cfg | {"num_workers": workers, "precision": precision or cfg["precision"],
+                         "channels_last": cfg["channels_last"] if layout is None else layout == "channels_last"}
         with tempfile.TemporaryDirectory() as tmp:
-            history = fit(build_model(args.family, config["crops"], cfg),
+            history = fit(build_model(args.family, config["crops"], run_cfg),
                           CropDataset(samples, data, train=True, augment=build_augment(cfg["augment"])),
-                          CropDataset(samples[:32], data, train=False), cfg | {"num_workers": workers},
+                          CropDataset(samples[:32], data, train=False), run_cfg,
                           device=torch.device("cpu"), seed=0, checkpoint=Path(tmp) / "c.pt",
                           fingerprint="bench")[1]
         last = history[-1]
+        layout_name = "channels-last" if run_cfg["channels_last"] else "contiguous"
         print(f"training ({args.family}, {len(samples)} samples, {cfg['backbone']}, {config['crops']['size']} px, "
-              f"{workers} loader workers): {last['samples_per_second']:.0f} samples/s, "
+              f"{workers} loader workers, precision {run_cfg['precision']}, {layout_name}): "
+              f"{last['samples_per_second']:.0f} samples/s, "
               f"data wait {100 * last['data_wait_share']:.1f}% of step time, "
-              f"peak memory {last['peak_memory_mb']:.0f} MB")
+              f"peak memory {last['peak_memory_mb']:.0f} MB, train loss {last['train_loss']:.3f}, "
+              f"val loss {last['val_loss']:.3f}")
 
 
 if __name__ == "__main__":

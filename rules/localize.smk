@@ -81,6 +81,7 @@ rule train_localizer:
         kind="point|slice",
         task="|".join(LOCALIZE_TASKS),
         fold=r"\d+",
+    priority: localizer_priority
     conda:
         "../envs/pipeline.yaml"
     threads: config["localize"]["threads"]

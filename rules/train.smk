@@ -62,6 +62,7 @@ rule train_model:
     wildcard_constraints:
         family="spinal|foraminal|subarticular|all",
         fold=r"\d+",
+    priority: severity_priority
     conda:
         "../envs/pipeline.yaml"
     threads: config["train"]["threads"]

@@ -43,7 +43,8 @@ TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16
              "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
              "warmup_epochs": 1, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
              "select_by": "loss", "slice_jitter": 1, "point_jitter": 2, "skip_missing": True,
-             "augment": [], "num_workers": 0, "device": "cpu", "temperature_scaling": True}
+             "augment": [], "num_workers": 0, "device": "cpu", "temperature_scaling": True,
+             "precision": "fp32", "channels_last": False}
 
 
 @pytest.mark.parametrize("head", ["gru", "lstm", "meanmax"])
@@ -160,14 +161,16 @@ def test_tiny_model_learns_beyond_the_prior(tiny_crops, tmp_path):
     index, labels, _ = tiny_crops
     samples = family_samples("spinal", index, label_targets(labels_to_long(labels)))
     samples = [s for s in samples if s.usable and (s.target >= 0).all()]
+    # the default CPU path: bfloat16 mixed precision on channels-last tensors
     cfg = TRAIN_CFG | {"epochs": 25, "lr": 3e-3, "hidden": 16, "batch_size": 10, "slice_jitter": 0,
-                       "point_jitter": 0, "aux_weight": 0.0}
+                       "point_jitter": 0, "aux_weight": 0.0, "precision": "bf16", "channels_last": True}
     torch.manual_seed(0)
     data = CROP_CFG | {"slice_jitter": 0, "point_jitter": 0}
     model, history = fit(build_model("spinal", CROP_CFG, cfg), CropDataset(samples, data, train=True),
                          CropDataset(samples, data, train=False), cfg, device=torch.device("cpu"),
                          seed=0, checkpoint=tmp_path / "c.pt", fingerprint="x")
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
     model.eval()
     with torch.no_grad():
         batch = [CropDataset(samples, data, train=False)[i] for i in range(len(samples))]

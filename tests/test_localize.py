@@ -49,10 +49,12 @@ def test_point_model_learns_the_canal(tiny_train):
     assert len(samples) >= 15
     cfg = {"seed": 0, "backbone": "resnet10t", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 8,
            "epochs": 12, "augment": {"shift": 0.03, "scale": 0.05, "rotate": 3},
-           "neighbour_sampling": "all", "channels_last": False}
+           "neighbour_sampling": "all", "channels_last": True, "precision": "bf16"}
     history = []
     model, metrics = train_point_model(samples, samples, 5, cfg, lambda m, step: history.append(m))
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    # trained in bfloat16 on channels-last tensors, returned as a plain float32 model
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
     # beats always answering the mean training position of each level
     mean_points = np.array([np.mean([s.points[k] for s in samples if s.mask[k]], axis=0)
                             for k in range(5)])

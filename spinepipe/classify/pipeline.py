@@ -28,7 +28,7 @@ from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
 from spinepipe.code_inputs import code_digest
-from spinepipe.devices import resolve_device
+from spinepipe.devices import autocast_dtype, precision_name, resolve_device
 from spinepipe.metric import labels_to_long
 from spinepipe.seeding import seed_everything
 from spinepipe.tracking import log_artifact, mlflow_run
@@ -112,6 +112,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
               "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
               "resolved_slice_jitter": jitter["slice_jitter"],
+              "resolved_precision": precision_name(autocast_dtype(device, cfg["precision"], "train.precision")),
               "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     with mlflow_run(tracking, f"train/seed{seed}/{family}/fold{fold}", params, parent_run_id=parent_run_id,
@@ -121,7 +122,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                              checkpoint=checkpoint, fingerprint=fingerprint,
                              metric=family_metric(class_weights), log_metrics=log_metrics)
         loader = make_loader(val_set, cfg["batch_size"], False, 0, fold_seed)
-        logits, val_targets, _ = predict(model, loader, device, device.type == "cuda")
+        # float32, as the test set is graded: out-of-fold and test figures share the numerics
+        logits, val_targets, _ = predict(model, loader, device)
         best = min(history, key=lambda h: h["val_metric" if cfg["select_by"] == "metric" else "val_loss"])
         summary = {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                    "best_val_metric": best.get("val_metric", float("nan"))}
@@ -129,6 +131,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
         checkpoints.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                           "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
                                    "history": history, **summary, "jitter": jitter,
+                                   "precision": params["resolved_precision"],
                                    "n_predicted_twins": with_twin,
                                    # the studies it learnt from: predict_oof checks that none
                                    # of them is graded by it (spinepipe.classify.end_to_end)

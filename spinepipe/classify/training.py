@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from spinepipe import checkpoints
 from spinepipe.classify.data import CropDataset
 from spinepipe.classify.models import SeverityModel
+from spinepipe.devices import autocast_dtype
 from spinepipe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,13 @@ def make_loader(dataset: CropDataset, batch_size: int, shuffle: bool, workers: i
 
 @torch.no_grad()
 def predict(model: SeverityModel, loader: DataLoader, device: torch.device,
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (N, n_outputs, 3), targets (N, n_outputs) and levels (N,) over a loader."""
+            amp: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (N, n_outputs, 3), targets (N, n_outputs) and levels (N,) over a loader, under
+    autocast to ``amp`` when given (float32 otherwise)."""
     model.eval()
     logits, targets, levels = [], [], []
     for batch in loader:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(batch["image"].to(device, non_blocking=True), batch["mask"].to(device))
         logits.append(out["logits"].float().cpu().numpy())
         targets.append(batch["target"].numpy())
@@ -117,8 +119,9 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     resumes after its last finished epoch. It is read weights-only (no unpickling).
     """
     seed_everything(seed)
-    amp = device.type == "cuda"
-    model.to(device)
+    amp = autocast_dtype(device, cfg["precision"], "train.precision")
+    memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
     class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device)
     np_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -127,7 +130,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     steps = max(len(train_loader), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg["warmup_epochs"] * steps, cfg["epochs"] * steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     start, history, best = 0, [], {"score": float("inf"), "epoch": -1, "state": None}
     if checkpoint.exists():
         state = checkpoints.load(checkpoint)  # on the CPU: the RNG state must stay there
@@ -155,7 +158,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         for batch in train_loader:
             waiting += time.perf_counter() - mark
             images = batch["image"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 out = model(images, batch["mask"].to(device))
             loss = severity_loss(out, batch["target"].to(device), batch["level"].to(device),
                                  class_weights, cfg["aux_weight"])
@@ -202,4 +205,4 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
             log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
     model.load_state_dict(best["state"])
     log.info("best epoch %d (%s %.4f)", best["epoch"], cfg["select_by"], best["score"])
-    return model, history
+    return model.to(memory_format=torch.contiguous_format), history

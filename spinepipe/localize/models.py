@@ -93,6 +93,8 @@ class PointModel(nn.Module):
                                    align_corners=False)
         # heatmaps at stride 2: finer cells for the soft-argmax than the stride-4 features
         logits = F.interpolate(self.head(fused), scale_factor=2, mode="bilinear", align_corners=False)
+        # float32 from here whatever the autocast: the soft-argmax sums thousands of cells
+        logits = logits.float()
         xy, peak = soft_argmax(logits)
         return {"logits": logits, "xy": xy, "peak": peak}
 

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from spinepipe.devices import autocast_dtype, precision_name, resolve_device
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.settings import point_epochs
 from spinepipe.localize.stacks import StackCache
@@ -55,8 +56,10 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
                               instances=instances, series=series, xref=xref, folds=folds, cfg=cfg)
     log.info("%s %s fold %d: %d training and %d validation samples", kind, task, fold,
              len(train), len(val))
+    precision = precision_name(autocast_dtype(resolve_device(cfg["device"], "localize.device"),
+                                              cfg["precision"], "localize.precision"))
     params = {"kind": kind, "task": task, "fold": fold, "n_train": len(train), "n_val": len(val),
-              **{f"model.{k}": v for k, v in model_cfg.items()}}
+              "resolved_precision": precision, **{f"model.{k}": v for k, v in model_cfg.items()}}
     with mlflow_run(tracking, f"localize/{kind}/{task}/fold{fold}", params,
                     tags={"stage": "localize", "kind": kind, "task": task, "fold": str(fold)}) as log_metrics:
         if kind == "point":
@@ -65,7 +68,7 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
             model, metrics = train_slice_model(train, val, SLICE_TARGETS[task], model_cfg, log_metrics)
         # written before the run is closed: the tracking store never costs the model
         save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
-                                     "fold": fold, "metrics": metrics})
+                                     "fold": fold, "precision": precision, "metrics": metrics})
     return metrics
 
 
@@ -74,7 +77,8 @@ def model_settings(kind: str, task: str, fold: int, cfg: dict[str, Any]) -> dict
     ``localize`` with the fold's seed, the device, the settings shared by both kinds and (point
     models) the series type's epochs."""
     settings = cfg[f"{kind}_model"] | {"seed": cfg["seed"] + fold, "device": cfg["device"],
-                                       "channels_last": cfg["channels_last"]}
+                                       "channels_last": cfg["channels_last"],
+                                       "precision": cfg["precision"]}
     if kind == "point":
         settings["epochs"] = point_epochs(cfg, task)
     return settings
