@@ -16,9 +16,9 @@ from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax, soft_argmax
-from spinepipe.localize.samples import point_samples, slice_samples
+from spinepipe.localize.samples import SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache, build_stacks
-from spinepipe.localize.training import evaluate_points, train_point_model
+from spinepipe.localize.training import evaluate_points, train_point_model, train_slice_model
 from spinepipe.metadata import parse_instances, summarize_series
 from spinepipe.xref import slice_reader, stack_geometries
 
@@ -63,6 +63,20 @@ def test_point_model_learns_the_canal(tiny_train):
     learned = evaluate_points(model, samples, 8)["val_point_error_mm_median"]
     print(f"\ncanal point error: model {learned:.1f} mm vs mean-position baseline {baseline:.1f} mm")
     assert learned < 0.8 * baseline
+
+
+def test_slice_model_learns_in_mixed_precision(tiny_train):
+    dataset, _, _, index = tiny_train
+    coords = read_coordinates(dataset / "train_label_coordinates.csv")
+    samples = slice_samples("sagittal_t2", coords, StackCache(index), 32)
+    cfg = {"seed": 0, "backbone": "resnet10t", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 4,
+           "precision": "bf16"}
+    history = []
+    model, metrics = train_slice_model(samples, samples, SLICE_TARGETS["sagittal_t2"], cfg,
+                                       lambda m, step: history.append(m))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert 0 <= metrics["val_slice_within_one"] <= 1
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_slice_samples_target_the_annotated_slice(tiny_train):
