@@ -10,7 +10,11 @@ once with a message naming the key:
   weights);
 * every ``train.augment[i]`` builds with the project's own builder and runs on a crop stack
   of the shape training feeds it; the localizer's augmentation builds too;
-* every ``weights`` file named exists;
+* every ``weights`` named exists: a checkpoint file, or a model folder holding one
+  (:func:`spinepipe.backbones.weights_file`);
+* every ``weights`` loads into its backbone as the pipeline builds it (on the CPU): a timm
+  checkpoint of that architecture, first convolution adapted, classifier dropped, nothing
+  missing, extra or of another shape (:func:`spinepipe.backbones.create_backbone`);
 * the tracking store is usable: a SQLite or file store's folder can be created and written,
   an HTTP store answers within ``mlflow.request_timeout_s``;
 * with a ``data_dir``, the competition files pass :func:`spinepipe.dataset.validate_dataset`
@@ -18,11 +22,12 @@ once with a message naming the key:
 
 Relative paths are resolved against the working directory, as the jobs resolve them.
 
-The model-stack checks (backbones, augmentations) import torch, timm and albumentations and
-take seconds, on every Snakemake start, dry runs included. Once they have passed, the
-working directory remembers it (``.snakemake/spinepipe-preflight/<key>``) for the settings
-they read, the installed torch, timm and albumentations and the code they run; any change of
-those checks again. The file, tracking and data checks run every time.
+The model-stack checks (backbones, augmentations, weights loads) import torch, timm and
+albumentations and take seconds, on every Snakemake start, dry runs included. Once they have
+passed, the working directory remembers it (``.snakemake/spinepipe-preflight/<key>``) for the
+settings they read, each weights file's identity (resolved path, size, modification time),
+the installed torch, timm and albumentations and the code they run; any change of those
+checks again. The file, tracking and data checks run every time.
 """
 
 from __future__ import annotations
@@ -61,6 +66,23 @@ def _short(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:400]
 
 
+def backbone_kwargs(key: str) -> dict[str, Any]:
+    """The backbone kwargs of the model whose ``backbone`` or ``weights`` is ``key``."""
+    from spinepipe.backbones import POINT_FEATURES, POOLED_FEATURES
+
+    return dict(POINT_FEATURES if key.startswith("localize.point_model.") else POOLED_FEATURES)
+
+
+def _weights_settings(config: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(dotted ``weights`` key, its backbone, its value) of every non-empty ``weights``."""
+    for key, value in _find(config, "weights"):
+        section = config
+        for part in key.split(".")[:-1]:
+            section = section[part]
+        if isinstance(value, str) and value:
+            yield key, section.get("backbone"), value
+
+
 def check_backbones(config: Mapping[str, Any]) -> list[str]:
     """Every ``backbone`` names a timm model that builds as its stage builds it."""
     import torch
@@ -78,9 +100,7 @@ def check_backbones(config: Mapping[str, Any]) -> list[str]:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             problems.append(f"  {key}: {name!r} is not a timm model{hint}")
             continue
-        # the point model takes stride-4/8 feature maps; the others pooled features
-        kwargs = ({"features_only": True, "out_indices": (1, 2)} if key.endswith("point_model.backbone")
-                  else {"num_classes": 0})
+        kwargs = backbone_kwargs(key)
         try:
             with torch.device("meta"):
                 create_backbone(name, None, **kwargs)
@@ -135,16 +155,52 @@ def check_augment(config: Mapping[str, Any]) -> list[str]:
 
 
 def check_weights(config: Mapping[str, Any], workdir: Path) -> list[str]:
-    """Every non-empty ``weights`` names a readable file."""
+    """Every non-empty ``weights`` names a readable checkpoint file, or a model folder with
+    one (light: nothing is read; :func:`check_weights_load` loads them)."""
+    from spinepipe.backbones import WeightsError, weights_file
+
     problems = []
-    for key, value in _find(config, "weights"):
-        if not isinstance(value, str) or not value:
+    for key, _, value in _weights_settings(config):
+        try:
+            path = weights_file(_resolve(value, workdir))
+        except WeightsError as error:
+            problems.append(f"  {key}: {error}")
             continue
-        path = _resolve(value, workdir)
-        if not path.is_file():
-            problems.append(f"  {key}: weights file '{path}' does not exist")
-        elif not os.access(path, os.R_OK):
+        if not os.access(path, os.R_OK):
             problems.append(f"  {key}: weights file '{path}' is not readable")
+    return problems
+
+
+def _weights_path(value: str, workdir: Path) -> Path | None:
+    """The checkpoint file of a ``weights`` value, or None where :func:`check_weights`
+    reports it."""
+    from spinepipe.backbones import WeightsError, weights_file
+
+    try:
+        path = weights_file(_resolve(value, workdir))
+    except WeightsError:
+        return None
+    return path if os.access(path, os.R_OK) else None
+
+
+def check_weights_load(config: Mapping[str, Any], workdir: Path) -> list[str]:
+    """Every ``weights`` file loads into its backbone whole, as the pipeline builds it."""
+    from spinepipe.backbones import WeightsError, create_backbone
+    from spinepipe.torch_compat import import_timm
+
+    timm = import_timm()
+    problems = []
+    for key, backbone, value in _weights_settings(config):
+        path = _weights_path(value, workdir)
+        if path is None or not isinstance(backbone, str) or not timm.is_model(backbone):
+            continue  # reported by check_weights or check_backbones
+        try:
+            create_backbone(backbone, path, **backbone_kwargs(key))
+        except WeightsError as error:
+            problems.append(f"  {key}: {error}")
+        except Exception as error:  # noqa: BLE001 - reported with the key
+            problems.append(f"  {key}: '{path}' cannot be loaded into timm model {backbone!r}: "
+                            f"{_short(error)}")
     return problems
 
 
@@ -179,18 +235,32 @@ def check_data_dir(config: Mapping[str, Any], workdir: Path) -> list[str]:
 PASSED_DIR = Path(".snakemake") / "spinepipe-preflight"
 
 
-def model_stack_key(config: Mapping[str, Any]) -> str:
-    """What the model-stack checks depend on, hashed: the settings they read, the installed
-    torch, timm and albumentations, and the code they run (this module's import closure)."""
+def _file_identity(value: str, workdir: Path) -> list[Any]:
+    """A weights file's resolved path, size and modification time (the value as written
+    where it does not resolve)."""
+    path = _weights_path(value, workdir)
+    if path is None:
+        return [value]
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def model_stack_key(config: Mapping[str, Any], workdir: Path | None = None) -> str:
+    """What the model-stack checks depend on, hashed: the settings they read, the identity of
+    each weights file, the installed torch, timm and albumentations, and the code they run
+    (this module's import closure)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from spinepipe.code_inputs import code_digest
 
+    workdir = Path.cwd() if workdir is None else workdir
     train, crops = config.get("train", {}), config.get("crops", {})
     settings = {"backbones": sorted(_find(config, "backbone")),
                 "train": {k: train.get(k) for k in ("families", "all_series_model", "augment")},
                 "crops": {k: crops.get(k) for k in ("slices", "size")},
-                "point_augment": config.get("localize", {}).get("point_model", {}).get("augment")}
+                "point_augment": config.get("localize", {}).get("point_model", {}).get("augment"),
+                "weights": {key: _file_identity(value, workdir)
+                            for key, _, value in _weights_settings(config)}}
     versions = {}
     for package in ("torch", "timm", "albumentations"):
         try:
@@ -202,22 +272,26 @@ def model_stack_key(config: Mapping[str, Any]) -> str:
 
 
 def check_model_stack(config: Mapping[str, Any], workdir: Path) -> list[str]:
-    """Backbones and augmentations, unless they passed before with the same key."""
-    key = model_stack_key(config)
+    """Backbones, augmentations and weights loads, unless they passed before with the same key."""
+    key = model_stack_key(config, workdir)
     passed = workdir / PASSED_DIR / key
     if passed.is_file():
-        log.info("preflight: backbones and augmentations passed before with these settings "
-                 "and packages (%s)", passed)
+        log.info("preflight: backbones, augmentations and weights passed before with these "
+                 "settings, files and packages (%s)", passed)
         return []
     problems: list[str] = []
     complete = True
-    for check in (check_backbones, check_augment):
+    # looked up at call time: the checks are replaced in tests
+    checks = {"check_backbones": lambda: check_backbones(config),
+              "check_augment": lambda: check_augment(config),
+              "check_weights_load": lambda: check_weights_load(config, workdir)}
+    for name, check in checks.items():
         try:
-            problems += check(config)
+            problems += check()
         except ImportError as error:  # e.g. a bare Snakemake env under --sdm conda
             complete = False
             log.warning("preflight: %s skipped, the model stack cannot be imported here (%s); "
-                        "the jobs will check", check.__name__, error)
+                        "the jobs will check", name, error)
     if complete and not problems:
         try:
             passed.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Every name and file the config refers to is resolved before any job: a bad backbone,
 augmentation, weights file, tracking store or competition CSV stops the run at once with a
-message naming the key (or the file and line)."""
+message naming the key (or the file and line). Weights files that exist but do not fit their
+backbone: tests/test_pretrained_weights.py."""
 
 from __future__ import annotations
 
@@ -102,11 +103,19 @@ def test_bad_transform_value_is_named(tmp_path):
     assert "train.augment[0] (Affine)" in message
 
 
-def test_missing_weights_files_are_named(tmp_path):
-    (tmp_path / "here.pt").write_bytes(b"")
+def test_missing_and_unreadable_weights_files_are_named(tmp_path):
+    import torch
+
+    from spinepipe.torch_compat import import_timm
+
+    model = import_timm().create_model("resnet10t", pretrained=False)  # config.yaml's backbone
+    torch.save(model.state_dict(), tmp_path / "here.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
     message = _error(tmp_path, {"train": {"weights": "missing/backbone.pt"},
-                                "localize": {"point_model": {"weights": "here.pt"}}})
+                                "localize": {"point_model": {"weights": "here.pt"},
+                                             "slice_model": {"weights": "empty.pt"}}})
     assert "train.weights" in message and "missing/backbone.pt" in message
+    assert "localize.slice_model.weights" in message and "empty.pt: empty file" in message
     assert "localize.point_model.weights" not in message
 
 

@@ -31,9 +31,11 @@ from spinepipe.onnx_models import (
 
 log = logging.getLogger(__name__)
 
-# what prediction reads of a severity checkpoint's meta (the rest, such as the training
-# history and the training study ids, stays with the training run)
-SEVERITY_META = ("family", "fold", "crops", "train", "best_epoch", "best_val_loss")
+# what prediction reads of a severity checkpoint's meta, and the weights it started from (the
+# rest, such as the training history and the training study ids, stays with the training run)
+SEVERITY_META = ("family", "fold", "crops", "train", "best_epoch", "best_val_loss", "start_weights")
+# the start_weights of a model trained before checkpoints recorded them
+NOT_RECORDED = "not recorded"
 # slices of the example stack a slice model is exported with (the slice axis is dynamic)
 EXAMPLE_SLICES = 15
 
@@ -69,7 +71,8 @@ def _copy_localizer(source: Path, target: Path, settings: Mapping[str, Any]) -> 
     else:
         size = loc["slice_image_size"]
         export_slice_model(models.slice[0], onnx_path(target), EXAMPLE_SLICES, size, size)
-    return {"kind": kind, "task": task, "fold": meta["fold"], "backbone": meta["backbone"]}
+    return {"kind": kind, "task": task, "fold": meta["fold"], "backbone": meta["backbone"],
+            "start_weights": meta.get("start_weights", NOT_RECORDED)}
 
 
 def _copy_severity(source: Path, target: Path) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def _copy_severity(source: Path, target: Path) -> dict[str, Any]:
     export_severity_model(model, onnx_path(target), int(model.position.shape[0]), meta["crops"]["size"],
                           meta["crops"]["size"])
     return {"family": meta["family"], "fold": meta["fold"], "backbone": meta["train"]["backbone"],
-            "head": meta["train"]["head"]}
+            "head": meta["train"]["head"], "start_weights": meta.get("start_weights", NOT_RECORDED)}
 
 
 def write_bundle(out: Path, *, localizers: Sequence[Path], severity_models: Sequence[Path],
@@ -89,8 +92,9 @@ def write_bundle(out: Path, *, localizers: Sequence[Path], severity_models: Sequ
                  card: Mapping[str, Any]) -> Path:
     """Write the bundle folder ``out`` (replaced whole: a half-written bundle never stays).
 
-    ``card``: what the model card states (dataset record, scores, weights provenance,
-    training settings; see :func:`model_card`)."""
+    ``card``: what the model card states (dataset record, scores, the configured weights'
+    provenance for the manifest, training settings; see :func:`model_card`). The card's
+    starting weights are those each model's checkpoint records."""
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "localizers").mkdir(parents=True)
@@ -141,13 +145,32 @@ def localizer_counts(localizers: list[dict]) -> str:
     return ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("point", "slice") if kind in kinds)
 
 
+def _start_weights(weights: Any) -> str:
+    if weights is None:
+        return "from scratch (random initialisation)"
+    if isinstance(weights, Mapping):
+        return f"`{weights['path']}` (sha256 `{weights['sha256']}`)"
+    return "not recorded (trained before checkpoints recorded their starting weights)"
+
+
+def starting_weights(localizers: list[dict], severity: list[dict]) -> list[str]:
+    """A card line per kind of model: the weights its models started from (from their meta)."""
+    groups = {"Point localizers": [m for m in localizers if m["kind"] == "point"],
+              "Slice localizers": [m for m in localizers if m["kind"] == "slice"],
+              "Severity models": severity}
+    lines = []
+    for group, models in groups.items():
+        described = sorted({_start_weights(m.get("start_weights", NOT_RECORDED)) for m in models})
+        if described:
+            lines.append(f"- {group}: {'; '.join(described)}")
+    return lines
+
+
 def model_card(card: Mapping[str, Any], localizers: list[dict], severity: list[dict], families: list[str],
                folds: list[int], code: Mapping[str, Any]) -> str:
     """The bundle's MODEL_CARD.md: what it grades, from what, how well, and its limits."""
     dataset = card.get("dataset", {})
     synthetic = str(dataset.get("name", "")).startswith("synthetic")
-    weights = card.get("weights", {}) or {}
-    started = [f"- `{key}`: `{w['path']}` (sha256 {w['sha256'][:16]}...)" for key, w in weights.items()]
     backbones = sorted({m["backbone"] for m in localizers}) or ["-"]
     lines = [
         "# Model card: spinepipe lumbar spine degenerative grading bundle", "",
@@ -166,9 +189,10 @@ def model_card(card: Mapping[str, Any], localizers: list[dict], severity: list[d
         f"{len(severity)} models; backbone {', '.join(sorted({m['backbone'] for m in severity}))}, head "
         f"{', '.join(sorted({m['head'] for m in severity}))}), fold ensemble with per-family temperatures, "
         "also as ONNX.",
-        "- Started from: " + ("pretrained weights:" if started else "random initialisation (no pretrained "
-                                                                     "weights)"),
-        *started,
+        "",
+        "## Starting weights",
+        "The backbone weights each model's training started from (path and sha256 of the file):",
+        *starting_weights(localizers, severity),
         "",
         "## Data it was trained on",
         f"- Dataset: {dataset.get('name', 'unknown')} (digest {dataset.get('digest', '?')}), "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spinepipe.backbones import create_backbone
+from spinepipe.backbones import POOLED_FEATURES, create_backbone
 from spinepipe.constants import LEVELS, SEVERITIES
 
 HEADS = ("gru", "lstm", "meanmax")
@@ -28,7 +28,7 @@ class SeverityModel(nn.Module):
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; expected one of {HEADS}")
         self.n_outputs, self.head_kind = n_outputs, head
-        self.encoder = create_backbone(backbone, weights, num_classes=0)
+        self.encoder = create_backbone(backbone, weights, **POOLED_FEATURES)
         features = self.encoder.num_features
         self.position = nn.Parameter(torch.zeros(n_slices, features))
         if head == "meanmax":

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from spinepipe import checkpoints
+from spinepipe.backbones import FROM_SCRATCH, weights_provenance
 from spinepipe.classify.data import (
     CropDataset,
     attach_predicted,
@@ -101,19 +102,21 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)
     seed_everything(fold_seed)  # the initial weights too derive from the seed
+    start_weights = weights_provenance(cfg["weights"])
     model = build_model(family, crop_cfg, cfg)
-    # what a resumed state must share with this job: settings, data (crop rows, labels, the
-    # crop arrays' identity) and the code, so a killed job edited or fed new crops restarts
+    # what a resumed state must share with this job: settings, starting weights, data (crop
+    # rows, labels, the crop arrays' identity) and the code, so a killed job edited or fed new
+    # crops restarts
     fingerprint = hashlib.sha256(json.dumps(
         [family, fold, seed, cfg, crop_cfg, jitter, with_twin, sorted(s.study_id for s in train),
-         _data_digest(index, predicted_index, labels), code_digest(Path(__file__))],
+         _data_digest(index, predicted_index, labels), code_digest(Path(__file__)), start_weights],
         sort_keys=True, default=str).encode()).hexdigest()
     params = {"family": family, "fold": fold, "n_train": len(train), "n_val": len(val),
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
               "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
               "resolved_slice_jitter": jitter["slice_jitter"],
               "resolved_precision": precision_name(autocast_dtype(device, cfg["precision"], "train.precision")),
-              "train": cfg, "crops": crop_cfg}
+              "start_weights": start_weights or FROM_SCRATCH, "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     with mlflow_run(tracking, f"train/seed{seed}/{family}/fold{fold}", params, parent_run_id=parent_run_id,
                     tags={"stage": "train", "family": family, "fold": str(fold),
@@ -132,6 +135,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                           "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
                                    "history": history, **summary, "jitter": jitter,
                                    "precision": params["resolved_precision"],
+                                   "start_weights": start_weights,
                                    "n_predicted_twins": with_twin,
                                    # the studies it learnt from: predict_oof checks that none
                                    # of them is graded by it (spinepipe.classify.end_to_end)

@@ -1,7 +1,7 @@
 """Localization models: a heatmap point model and a slice model over a whole stack.
 
 Both wrap a timm backbone named in the config (``spinepipe.backbones``: trained from scratch
-by default, or from a local weights file); nothing is downloaded.
+by default, or from a local timm checkpoint file or model folder); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spinepipe.backbones import create_backbone
+from spinepipe.backbones import POINT_FEATURES, POOLED_FEATURES, create_backbone
 
 
 def soft_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ class PointModel(nn.Module):
 
     def __init__(self, backbone: str, n_points: int, weights: str | None = None) -> None:
         super().__init__()
-        self.encoder = create_backbone(backbone, weights, features_only=True, out_indices=(1, 2))
+        self.encoder = create_backbone(backbone, weights, **POINT_FEATURES)
         c4, c8 = self.encoder.feature_info.channels()
         self.lateral = nn.Conv2d(c8, c4, 1)
         self.head = nn.Sequential(nn.Conv2d(c4, 64, 3, padding=1), nn.BatchNorm2d(64),
@@ -106,7 +106,7 @@ class SliceModel(nn.Module):
     def __init__(self, backbone: str, n_targets: int, hidden: int = 64,
                  weights: str | None = None) -> None:
         super().__init__()
-        self.encoder = create_backbone(backbone, weights, num_classes=0)
+        self.encoder = create_backbone(backbone, weights, **POOLED_FEATURES)
         self.rnn = nn.GRU(self.encoder.num_features, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, n_targets)
 

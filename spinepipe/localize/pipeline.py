@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from spinepipe.backbones import FROM_SCRATCH, weights_provenance
 from spinepipe.devices import autocast_dtype, precision_name, resolve_device
 from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.settings import point_epochs
@@ -58,8 +59,10 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
              len(train), len(val))
     precision = precision_name(autocast_dtype(resolve_device(cfg["device"], "localize.device"),
                                               cfg["precision"], "localize.precision"))
+    start_weights = weights_provenance(model_cfg.get("weights"))
     params = {"kind": kind, "task": task, "fold": fold, "n_train": len(train), "n_val": len(val),
-              "resolved_precision": precision, **{f"model.{k}": v for k, v in model_cfg.items()}}
+              "resolved_precision": precision, "start_weights": start_weights or FROM_SCRATCH,
+              **{f"model.{k}": v for k, v in model_cfg.items()}}
     with mlflow_run(tracking, f"localize/{kind}/{task}/fold{fold}", params,
                     tags={"stage": "localize", "kind": kind, "task": task, "fold": str(fold)}) as log_metrics:
         if kind == "point":
@@ -68,7 +71,8 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
             model, metrics = train_slice_model(train, val, SLICE_TARGETS[task], model_cfg, log_metrics)
         # written before the run is closed: the tracking store never costs the model
         save_checkpoint(model, out, {"backbone": model_cfg["backbone"], "kind": kind, "task": task,
-                                     "fold": fold, "precision": precision, "metrics": metrics})
+                                     "fold": fold, "precision": precision, "metrics": metrics,
+                                     "start_weights": start_weights})
     return metrics
 
 
