@@ -27,7 +27,7 @@ from spinepipe.classify.inference import (
     validate_submission,
 )
 from spinepipe.classify.models import SeverityModel
-from spinepipe.classify.training import fit, lr_lambda, severity_loss
+from spinepipe.classify.training import fit, loader_options, lr_lambda, make_loader, severity_loss
 from spinepipe.constants import LABEL_COLUMNS, LEVELS
 from spinepipe.dataset import read_labels
 from spinepipe.folds import make_folds
@@ -43,8 +43,8 @@ TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16
              "aux_weight": 0.2, "epochs": 2, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0,
              "warmup_epochs": 1, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
              "select_by": "loss", "slice_jitter": 1, "point_jitter": 2, "skip_missing": True,
-             "augment": [], "num_workers": 0, "device": "cpu", "temperature_scaling": True,
-             "precision": "fp32", "channels_last": False}
+             "augment": [], "num_workers": 0, "pin_memory": False, "prefetch_factor": 2, "device": "cpu",
+             "temperature_scaling": True, "precision": "fp32", "channels_last": False}
 
 
 @pytest.mark.parametrize("head", ["gru", "lstm", "meanmax"])
@@ -84,6 +84,17 @@ def test_warmup_then_cosine():
     f = lr_lambda(10, 110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_loader_pins_memory_only_for_a_gpu_and_prefetches_only_with_workers():
+    cfg = {"pin_memory": True, "prefetch_factor": 3}
+    assert loader_options(cfg, torch.device("cpu")) == {"pin_memory": False, "prefetch_factor": 3}
+    assert loader_options(cfg, torch.device("cuda"))["pin_memory"] is True
+    assert loader_options(cfg | {"pin_memory": False}, torch.device("cuda"))["pin_memory"] is False
+    with_workers = make_loader([0, 1], 1, False, 2, 0, pin_memory=True, prefetch_factor=3)
+    assert with_workers.pin_memory and with_workers.prefetch_factor == 3 and with_workers.persistent_workers
+    # torch refuses a prefetch_factor without workers: it is left out there
+    assert make_loader([0, 1], 1, False, 0, 0, prefetch_factor=3).prefetch_factor is None
 
 
 def test_temperature_scaling_recovers_an_overconfident_model():

@@ -55,11 +55,22 @@ def _worker_init(_: int) -> None:
     info.dataset.rng = np.random.default_rng(torch.initial_seed() % 2**32)
 
 
-def make_loader(dataset: CropDataset, batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: CropDataset, batch_size: int, shuffle: bool, workers: int, seed: int, *,
+                pin_memory: bool = False, prefetch_factor: int = 2) -> DataLoader:
+    """``pin_memory``: page-locked batches, so their copy to a GPU overlaps the step (only
+    worth it for a cuda device); ``prefetch_factor``: batches each worker keeps ready (only
+    with workers)."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       worker_init_fn=_worker_init if workers else None, generator=generator,
-                      persistent_workers=workers > 0, drop_last=False)
+                      persistent_workers=workers > 0, drop_last=False, pin_memory=pin_memory,
+                      prefetch_factor=prefetch_factor if workers else None)
+
+
+def loader_options(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """make_loader's keyword arguments from the train config: pinned memory only for a GPU."""
+    return {"pin_memory": bool(cfg["pin_memory"]) and device.type == "cuda",
+            "prefetch_factor": cfg["prefetch_factor"]}
 
 
 @torch.no_grad()
@@ -125,8 +136,9 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device)
     np_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    train_loader = make_loader(train, cfg["batch_size"], True, cfg["num_workers"], seed)
-    val_loader = make_loader(val, cfg["batch_size"], False, cfg["num_workers"], seed)
+    options = loader_options(cfg, device)
+    train_loader = make_loader(train, cfg["batch_size"], True, cfg["num_workers"], seed, **options)
+    val_loader = make_loader(val, cfg["batch_size"], False, cfg["num_workers"], seed, **options)
     steps = max(len(train_loader), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg["warmup_epochs"] * steps, cfg["epochs"] * steps))
