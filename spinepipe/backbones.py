@@ -108,14 +108,22 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
     reference = _reference_model(timm, name, kwargs)
     check_fits(state, reference, path, name)
     try:
-        # source "" keeps timm from preferring a hub over the local file
+        # timm's pretrained loader, fed the state dict already read from the local file: every
+        # remote source (hub id, URL) is cleared, so nothing can be downloaded. A shallow copy:
+        # timm replaces the first convolution and drops the classifier in the dict it is given.
         model = timm.create_model(name, pretrained=True, in_chans=IN_CHANS,
-                                  pretrained_cfg_overlay={"file": str(path), "source": ""}, **kwargs)
+                                  pretrained_cfg_overlay=_local_source(dict(state)), **kwargs)
     except RuntimeError as error:  # e.g. a first convolution timm cannot adapt
         raise WeightsError(f"{path}: timm cannot load it into {name!r}: {_one_line(error)}") from error
+    model.pretrained_cfg.pop("state_dict", None)  # the model keeps its cfg: not a second copy
     check_loaded(model, state, _first_conv_weights(reference), path, name)
     log.info("backbone %s: weights from %s", name, path)
     return model
+
+
+def _local_source(state: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained-cfg overlay whose only weight source is the in-memory ``state``."""
+    return {"state_dict": state, "source": "", "file": None, "url": None, "hf_hub_id": None}
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:

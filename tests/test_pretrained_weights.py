@@ -124,6 +124,25 @@ def test_the_loaded_point_model_runs_on_one_channel(saved):
     assert out["logits"].shape == (2, 5, 16, 16) and torch.isfinite(out["xy"]).all()
 
 
+def test_loading_reaches_no_hub_and_reads_the_file_once(saved, monkeypatch):
+    """A timm model whose registry names a hub id and a URL still loads from the local file
+    alone: every remote loader of timm fails here, and the file is read once."""
+    import timm.models._builder as builder
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a remote weight source was used")
+
+    for remote in ("load_state_dict_from_hf", "load_state_dict_from_url", "download_cached_file"):
+        monkeypatch.setattr(builder, remote, no_network)
+    reads = []
+    monkeypatch.setattr(builder, "load_state_dict", lambda *a, **k: reads.append(a) or no_network())
+    state, paths = saved["resnet18d"]
+    assert import_timm().models.get_pretrained_cfg("resnet18d").hf_hub_id  # a hub default exists
+    for kind in KINDS:
+        assert_from_file(KINDS[kind]("resnet18d", str(paths["safetensors"])), state, kind)
+    assert reads == []  # timm got the state dict already read, not the path
+
+
 @pytest.mark.parametrize("kwargs", [POINT_FEATURES, POOLED_FEATURES], ids=["point", "pooled"])
 def test_a_checkpoint_of_another_architecture_is_refused(saved, kwargs):
     _, paths = saved["resnet18d"]
