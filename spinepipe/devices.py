@@ -62,3 +62,14 @@ def autocast_dtype(device: torch.device, precision: str, setting: str) -> torch.
 def precision_name(dtype: torch.dtype | None) -> str:
     """The name of an autocast dtype as the config and the model card spell it."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """``torch.autocast`` to ``dtype`` on ``device``; a no-op context for None (float32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The gradient scaler training in ``dtype`` needs: active for float16 only (bfloat16 has
+    float32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

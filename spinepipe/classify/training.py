@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from spinepipe import checkpoints
 from spinepipe.classify.data import CropDataset
 from spinepipe.classify.models import SeverityModel
-from spinepipe.devices import autocast_dtype
+from spinepipe.devices import autocast, autocast_dtype, grad_scaler
 from spinepipe.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def predict(model: SeverityModel, loader: DataLoader, device: torch.device,
     model.eval()
     logits, targets, levels = [], [], []
     for batch in loader:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(device, amp):
             out = model(batch["image"].to(device, non_blocking=True), batch["mask"].to(device))
         logits.append(out["logits"].float().cpu().numpy())
         targets.append(batch["target"].numpy())
@@ -142,7 +142,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     steps = max(len(train_loader), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg["warmup_epochs"] * steps, cfg["epochs"] * steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    scaler = grad_scaler(device, amp)
     start, history, best = 0, [], {"score": float("inf"), "epoch": -1, "state": None}
     if checkpoint.exists():
         state = checkpoints.load(checkpoint)  # on the CPU: the RNG state must stay there
@@ -170,7 +170,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         for batch in train_loader:
             waiting += time.perf_counter() - mark
             images = batch["image"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast(device, amp):
                 out = model(images, batch["mask"].to(device))
             loss = severity_loss(out, batch["target"].to(device), batch["level"].to(device),
                                  class_weights, cfg["aux_weight"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from spinepipe import checkpoints
-from spinepipe.devices import autocast_dtype, resolve_device
+from spinepipe.devices import autocast, autocast_dtype, grad_scaler, resolve_device
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import PointSample, SliceSample
 from spinepipe.seeding import seed_everything
@@ -120,7 +120,7 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     amp = autocast_dtype(device, cfg["precision"], "localize.precision")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    scaler = grad_scaler(device, amp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     batch_size = cfg["batch_size"]
     steps = math.ceil(len(epoch_draw(train, cfg["neighbour_sampling"], np.random.default_rng(0))) / batch_size)
@@ -137,7 +137,7 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             target, mask = target.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             data_seconds += time.perf_counter() - data_start
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast(device, amp):
                 out = model(images)
             loss = point_loss(out, target, mask)  # float32: the model returns float32 logits
             optimizer.zero_grad()
@@ -192,7 +192,7 @@ def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_target
     seed_everything(cfg["seed"])
     device = resolve_device(cfg.get("device", "cpu"), "localize.device")
     amp = autocast_dtype(device, cfg["precision"], "localize.precision")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    scaler = grad_scaler(device, amp)
     model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = _schedule(optimizer, cfg["epochs"], len(train))
@@ -203,7 +203,7 @@ def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_target
         for j in np.random.permutation(len(train)):
             s = train[j]
             stack = s.stack * np.random.uniform(0.85, 1.15)  # intensity jitter
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            with autocast(device, amp):
                 logits = model(torch.from_numpy(stack.astype(np.float32))[None].to(device))
             loss = _slice_loss(logits.float(), torch.from_numpy(s.targets)[None].to(device))
             optimizer.zero_grad()
