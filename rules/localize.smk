@@ -90,7 +90,8 @@ rule train_localizer:
         runtime=120,
         gpu=1 if config["localize"]["device"] == "cuda" else 0,
     params:
-        cfg=lambda w: config["localize"] | {"seed": config["seed"]},
+        cfg=lambda w: localize_settings.training_settings(config["localize"])
+        | {"seed": config["seed"]},
         tracking=config["mlflow"],
     script:
         "../workflow_scripts/train_localizer.py"

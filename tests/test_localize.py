@@ -305,6 +305,72 @@ def test_joint_decoding_leaves_good_points_where_they_were():
     assert np.hypot(*(_cells(after[2]) - centres[2])) < 0.3
 
 
+# --- a foramen side put back in step with the canal ----------------------------------------
+
+def _canal_reference(centres: np.ndarray, anterior_mm: float = 6.0) -> np.ndarray:
+    """The canal's five points (K, 3, patient mm): the discs ``centres`` (cells) moved
+    anteriorly, as the canal lies in front of the foramina's posterior edge."""
+    frames = _frames()
+    return frames.to_patient((centres + 0.5) / 64) - np.array([0.0, anterior_mm, 0.0])
+
+
+def _decoded(centres: np.ndarray) -> np.ndarray:
+    return (centres + 0.5) / 64  # cells -> map coordinates in [0, 1]
+
+
+def test_a_side_with_two_levels_on_one_disc_is_put_back_in_step_with_the_canal():
+    """L2/L3's heatmap is strongest on L3/L4's disc (0.8) with a weaker mode on its own: the
+    decoded side has two levels on one disc; realigned with the canal, L2/L3 lands on its own
+    disc and no other level moves."""
+    from spinepipe.localize.decode import realign_to_reference
+
+    maps = _level_maps(LEVEL_CELLS, {1: (*LEVEL_CELLS[2], 0.8)})
+    decoded = _decoded(LEVEL_CELLS.copy())
+    decoded[1] = _decoded(LEVEL_CELLS[2])  # the collapse
+    uv, moved = realign_to_reference(maps, _frames(), decoded, _canal_reference(LEVEL_CELLS))
+    assert moved == [1]
+    assert np.hypot(*(_cells(uv[1]) - LEVEL_CELLS[1])) < 0.3
+    np.testing.assert_array_equal(uv[[0, 2, 3, 4]], decoded[[0, 2, 3, 4]])
+
+
+def test_a_skipped_disc_is_put_back_in_step_with_the_canal():
+    """L1/L2 and L2/L3 each one disc too high (L1/L2 above the canal's first level, a gap of
+    two discs between L2/L3 and L3/L4): both decoded again on their own disc."""
+    from spinepipe.localize.decode import realign_to_reference
+
+    above = LEVEL_CELLS[0] - [0.0, 10.0]
+    maps = _level_maps(LEVEL_CELLS, {0: (*above, 0.7), 1: (*LEVEL_CELLS[0], 0.7)})
+    decoded = _decoded(np.stack([above, LEVEL_CELLS[0], *LEVEL_CELLS[2:]]))
+    uv, moved = realign_to_reference(maps, _frames(), decoded, _canal_reference(LEVEL_CELLS))
+    assert moved == [0, 1]
+    assert np.all(np.hypot(*(_cells(uv[:2]) - LEVEL_CELLS[:2]).T) < 0.3)
+
+
+def test_realignment_leaves_alone_what_it_cannot_settle():
+    """Unchanged: an evenly spaced side (even one counted a whole level off the canal: which
+    of the two is right is a counting question), a side off an unevenly spaced canal, and a
+    level whose heatmap has no support near the canal's."""
+    from spinepipe.localize.decode import realign_to_reference
+
+    canal = _canal_reference(LEVEL_CELLS)
+    shifted = LEVEL_CELLS + [0.0, 10.0]  # every level one disc lower, a weaker mode in step
+    maps = _level_maps(shifted, {k: (*LEVEL_CELLS[k], 0.3) for k in range(5)})
+    uv, moved = realign_to_reference(maps, _frames(), _decoded(shifted), canal)
+    assert moved == [] and np.array_equal(uv, _decoded(shifted))
+
+    collapsed = LEVEL_CELLS.copy()
+    collapsed[1] = LEVEL_CELLS[2]
+    maps = _level_maps(LEVEL_CELLS, {1: (*LEVEL_CELLS[2], 0.8)})
+    uneven_canal = canal.copy()
+    uneven_canal[3] = canal[2]  # the canal itself with two levels on one disc
+    uv, moved = realign_to_reference(maps, _frames(), _decoded(collapsed), uneven_canal)
+    assert moved == [] and np.array_equal(uv, _decoded(collapsed))
+
+    no_support = _level_maps(collapsed)  # L2/L3's heatmap only on L3/L4's disc
+    uv, moved = realign_to_reference(no_support, _frames(), _decoded(collapsed), canal)
+    assert moved == [] and np.array_equal(uv, _decoded(collapsed))
+
+
 class _HeatmapModel(torch.nn.Module):
     """A point model that answers the same probability maps (K, h, w) for every image."""
 

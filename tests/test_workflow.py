@@ -632,3 +632,19 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
         # the sheets show the probabilities: every sheet shard, galleries and their tracking
         "qa_cases": 1, "qa_sheets": 2 * shards, "qa_studies": 1, "qa_galleries": 1, "qa_mlflow": 1,
         "bundle": 1, "register_model": 1, "all": 1}, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", [{"foramen_realign": False}, {"decode": {"radius": 2}}],
+                         ids=["foramen_realign", "decode"])
+def test_a_localization_reading_setting_reruns_localization_not_the_localizers(workflow_run, overlay):
+    """Settings that only say how trained localizers are read (slice choice, decoding) rerun
+    the localization of every shard, and leave the localizers' training alone."""
+    workflow_run, _ = workflow_run
+    name = f"read_{next(iter(overlay))}.yaml"
+    (workflow_run / name).write_text(yaml.safe_dump({"localize": overlay}))
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", name, "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    planned = planned_jobs(result.stdout)
+    assert "train_localizer" not in planned, sorted(planned)
+    assert planned["localize"] == 2 * make_config()["metadata"]["shards"], planned

@@ -27,7 +27,7 @@ REGISTERED_BUNDLE_PATH = Path("artifacts") / "bundle"
 
 # the localization settings the inference stages read (stacks, slice and point choice)
 LOCALIZE_INFERENCE_KEYS = ("image_size", "slice_image_size", "axial_crop", "slice_method",
-                           "foramen_refine_slices", "canal_slice_from_axial", "axial_refine_slices",
+                           "foramen_refine_slices", "foramen_realign", "canal_slice_from_axial", "axial_refine_slices",
                            "decode")
 
 

@@ -173,3 +173,52 @@ def _viterbi(score: NDArray, points: NDArray, low: float, high: float) -> NDArra
     for pointers in reversed(back):
         choice.append(int(pointers[choice[-1]]))
     return np.array(choice[::-1], dtype=np.int64)
+
+
+def realign_to_reference(prob: torch.Tensor, frames: MapFrames, uv: NDArray, reference: NDArray,
+                         ratio: Sequence[float] = DECODE_DEFAULTS["spacing_ratio"],
+                         radius: int = DECODE_DEFAULTS["radius"]) -> tuple[NDArray, list[int]]:
+    """One sagittal source's five levels (``uv`` (K, 2) in [0, 1] of the maps ``prob``
+    (K, H, W)) put back in step with a ``reference`` source's points (K, 3, patient mm).
+
+    Discs are evenly spaced along the spine, and every source (canal, left and right foramen)
+    decodes the same five discs. A source whose steps along the spine (the reference's
+    L1/L2 -> L5/S1 direction, in units of the reference's median step) fall outside
+    ``ratio`` has put some levels on a neighbouring disc: two levels collapsed on one disc, or
+    a disc skipped. Where the reference's own steps are plausible, each of the source's levels
+    more than half a step from the reference's is decoded again on its heatmap restricted to
+    the band within half a step of the reference's position. A whole source off (every level)
+    is a counting question this cannot settle and is left alone; so is a repair that does
+    not make the source's steps plausible, or a band its heatmap gives no support
+    (``MIN_MASS``). Returns the new ``uv`` and the levels moved."""
+    uv = np.array(uv, dtype=np.float64)
+    axis = reference[-1] - reference[0]
+    if not np.all(np.isfinite(axis)) or np.linalg.norm(axis) == 0:
+        return uv, []
+    axis = axis / np.linalg.norm(axis)
+    ref_along = reference @ axis
+    spacing = float(np.median(np.diff(ref_along)))
+
+    def plausible(along: NDArray) -> bool:
+        steps = np.diff(along) / spacing
+        return bool(np.all((steps >= ratio[0]) & (steps <= ratio[1])))
+
+    if spacing <= 0 or not plausible(ref_along):
+        return uv, []
+    along = frames.to_patient(uv) @ axis
+    off = np.abs(along - ref_along) > 0.5 * spacing
+    if plausible(along) or not off.any() or off.all():
+        return uv, []
+    k, h, w = prob.shape
+    grid = np.stack(np.meshgrid((np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h), axis=-1)
+    cells_along = frames.to_patient(np.broadcast_to(grid, (k, h, w, 2))) @ axis  # (K, H, W)
+    moved = uv.copy()
+    for level in np.flatnonzero(off):
+        band = torch.from_numpy(np.abs(cells_along[level] - ref_along[level]) <= 0.5 * spacing)
+        masked = prob[level] * band.to(prob.dtype)
+        if float(masked.sum()) < MIN_MASS:
+            return uv, []
+        moved[level] = local_soft_argmax((masked / masked.sum())[None, None], radius, None)[0, 0].numpy()
+    if not plausible(frames.to_patient(moved) @ axis):
+        return uv, []
+    return moved, [int(level) for level in np.flatnonzero(off)]

@@ -30,7 +30,13 @@ from spinepipe.constants import (
     SAGITTAL_T2,
 )
 from spinepipe.geometry import StackGeometry
-from spinepipe.localize.decode import DECODE_DEFAULTS, MapFrames, check_decode, decode_levels
+from spinepipe.localize.decode import (
+    DECODE_DEFAULTS,
+    MapFrames,
+    check_decode,
+    decode_levels,
+    realign_to_reference,
+)
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
 from spinepipe.localize.samples import (
     LEVEL_INDEX,
@@ -389,16 +395,24 @@ class StudyLocalizer:
                                               self.cfg["foramen_refine_slices"], stack.get("slice_ok"),
                                               mean_prob=every_slice[0])
             # the five levels of one side decoded together, each on its own slice
-            decoded = []
+            decoded, side_maps, side_frames = [], [], []
             for s in range(len(SIDES)):
                 unique = sorted(set(index[:, s].tolist()))
                 frames = MapFrames.from_stack(geometry, index[:, s], stack["images"].shape[1:],
                                               stack["scale"])
+                images = stack["images"][unique].astype(np.float32)
                 chosen = torch.as_tensor(unique)
-                decoded.append(predict_levels(
-                    self.models["sagittal_t1"].point, stack["images"][unique].astype(np.float32),
-                    [unique.index(i) for i in index[:, s]], frames, self.cfg["decode"],
-                    heatmaps=None if every_slice is None else (every_slice[0][chosen], every_slice[1][:, chosen])))
+                heatmaps = (point_heatmaps(self.models["sagittal_t1"].point, images) if every_slice is None
+                            else (every_slice[0][chosen], every_slice[1][:, chosen]))
+                pick = [unique.index(i) for i in index[:, s]]
+                decoded.append(predict_levels(self.models["sagittal_t1"].point, images, pick, frames,
+                                              self.cfg["decode"], heatmaps=heatmaps))
+                side_maps.append(heatmaps[0][torch.as_tensor(pick), torch.arange(len(LEVELS))])
+                side_frames.append(frames)
+            if self.cfg.get("foramen_realign", False):  # absent from bundles made before it
+                decoded = self._realign_foramina(study_id, decoded, side_maps, side_frames,
+                                                 [canal_points[level] for level in LEVELS] if canal_points else None,
+                                                 stack["images"].shape[1:])
             for k, level in enumerate(LEVELS):
                 for s, side in enumerate(SIDES):
                     xy, peak, spread = (part[k] for part in decoded[s])
@@ -418,6 +432,28 @@ class StudyLocalizer:
         if t2 is not None and self.cfg.get("canal_slice_from_axial", False):
             rows = self._canal_on_midline(study_id, t2, rows, axial_rows, decode_again=shift == 0)
         return rows, reasons
+
+    def _realign_foramina(self, study_id: int, decoded: list[tuple], maps: list[torch.Tensor],
+                          frames: list[MapFrames], canal: list[np.ndarray] | None,
+                          image_shape: tuple[int, ...]) -> list[tuple]:
+        """Each foramen side's levels put back in step with the canal's (or, without a canal,
+        the other side's) where its own steps along the spine are implausible
+        (``realign_to_reference``): a side that put two levels on one disc, or skipped one."""
+        size = np.array([image_shape[-1], image_shape[-2]], dtype=np.float64)
+        result = list(decoded)
+        for s, side in enumerate(SIDES):
+            other = 1 - s
+            reference = (np.stack(canal) if canal is not None
+                         else frames[other].to_patient(result[other][0] / size))
+            xy, peak, spread = result[s]
+            uv, moved = realign_to_reference(maps[s], frames[s], xy / size, reference,
+                                             self.cfg["decode"]["spacing_ratio"], self.cfg["decode"]["radius"])
+            if moved:
+                log.warning("study %s: %s foramen levels %s sat off the %s's and were decoded again "
+                            "within half a level of it", study_id, side,
+                            [LEVEL_NAMES[LEVELS[k]] for k in moved], "canal" if canal is not None else "other side")
+                result[s] = (uv * size, peak, spread)
+        return result
 
     def _reconcile_canal(self, study_id: int, rows: list[dict],
                          points: list[dict]) -> tuple[list[dict], list[dict], int]:

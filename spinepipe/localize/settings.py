@@ -33,3 +33,14 @@ def point_epochs(cfg: dict[str, Any], task: str) -> int:
     """``point_model.epochs``: one count for every series type, or one per type."""
     epochs = cfg["point_model"]["epochs"]
     return epochs if isinstance(epochs, int) else epochs[task]
+
+
+# how trained models are read at inference (slice choice, decoding), never used in training:
+# a change to one of them re-runs localization, not the localizers' training
+INFERENCE_ONLY = ("foramen_refine_slices", "foramen_realign", "canal_slice_from_axial",
+                  "axial_refine_slices", "decode")
+
+
+def training_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``localize`` settings a localizer's training reads: all but ``INFERENCE_ONLY``."""
+    return {k: v for k, v in cfg.items() if k not in INFERENCE_ONLY}
