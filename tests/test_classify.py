@@ -166,6 +166,30 @@ def test_resumed_training_equals_uninterrupted(tiny_crops, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
 
+def test_next_epoch_starts_loading_before_validation(tiny_crops, tmp_path, monkeypatch):
+    """While epoch e validates, the training loader already holds epoch e + 1's iterator,
+    seeded for it (workers load its first batches meanwhile); after the last epoch none."""
+    from spinepipe.classify import training
+
+    index, labels, _ = tiny_crops
+    samples = family_samples("spinal", index, label_targets(labels_to_long(labels)))[:8]
+    cfg = TRAIN_CFG | {"epochs": 3, "hidden": 8, "num_workers": 1}
+    data = CROP_CFG | {"slice_jitter": 1, "point_jitter": 2}
+    train = CropDataset(samples, data, train=True, seed=1)
+    seen = []
+    real_predict = training.predict
+
+    def predict(model, loader, device, amp=None):
+        seen.append(train.rng.bit_generator.state["state"]["state"])
+        return real_predict(model, loader, device, amp)
+
+    monkeypatch.setattr(training, "predict", predict)
+    fit(build_model("spinal", CROP_CFG, cfg), train, CropDataset(samples, data, train=False), cfg,
+        device=torch.device("cpu"), seed=1, checkpoint=tmp_path / "c.pt", fingerprint="x")
+    expected = [np.random.default_rng(1 + e).bit_generator.state["state"]["state"] for e in (1, 2, 2)]
+    assert seen == expected
+
+
 def test_tiny_model_learns_beyond_the_prior(tiny_crops, tmp_path):
     """Loss falls and, on the studies it trained on, the spinal model beats the label prior:
     the crops carry the pathology and the training loop can use it."""

@@ -8,7 +8,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +156,23 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
             log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
         else:
             log.info("%s belongs to another configuration; starting afresh", checkpoint)
-    for epoch in range(start, cfg["epochs"]):
+
+    def start_epoch(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         # every epoch's shuffle and jitter derive from (seed, epoch): a resumed run replays
         # exactly the epochs an uninterrupted one would have
         train_loader.generator.manual_seed(seed + epoch)
         train.rng = np.random.default_rng(seed + epoch)
         if train.augment is not None and hasattr(train.augment, "set_random_seed"):
             train.augment.set_random_seed(seed + epoch)
+        return iter(train_loader)  # with workers, they start loading its first batches now
+
+    batches = start_epoch(start) if start < cfg["epochs"] else iter(())
+    for epoch in range(start, cfg["epochs"]):
         model.train()
         started = time.perf_counter()
         waiting, losses, seen = 0.0, [], 0
         mark = time.perf_counter()
-        for batch in train_loader:
+        for batch in batches:
             waiting += time.perf_counter() - mark
             images = batch["image"].to(device, non_blocking=True)
             with autocast(device, amp):
@@ -188,6 +193,10 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
                 torch.cuda.synchronize(device)
             mark = time.perf_counter()
         elapsed = time.perf_counter() - started
+        if epoch + 1 < cfg["epochs"]:
+            # the next epoch's first batches load while this one validates: on a GPU an
+            # epoch of a few batches would otherwise wait for its first batch every time
+            batches = start_epoch(epoch + 1)
         logits, targets, _ = predict(model, val_loader, device, amp)
         probs = torch.from_numpy(logits).softmax(-1).numpy()
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
