@@ -7,6 +7,8 @@ spellings); the level order in patient space: section 4 "Geometry conventions".
 
 from __future__ import annotations
 
+import re
+
 # what runs the trained models when grading (predict.runtime): torch, or their ONNX exports
 # in onnxruntime
 RUNTIMES = ("torch", "onnx")
@@ -61,6 +63,21 @@ LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in
 def row_id(study_id: int, condition: str, level: str) -> str:
     """Submission row id, e.g. ``4003253_spinal_canal_stenosis_l1_l2``."""
     return f"{study_id}_{condition}_{level}"
+
+
+# a row id's parts: study id, condition (one of CONDITIONS), level (one of LEVELS)
+ROW_ID_PATTERN = (r"^(?P<study_id>\d+)_(?P<condition>" + "|".join(CONDITIONS) + r")_(?P<level>"
+                  + "|".join(LEVELS) + r")$")
+_ROW_ID = re.compile(ROW_ID_PATTERN)
+
+
+def split_row_id(row_id: str) -> tuple[int, str, str]:
+    """``"4003253_spinal_canal_stenosis_l1_l2"`` -> ``(4003253, "spinal_canal_stenosis",
+    "l1_l2")``; ValueError for anything else."""
+    match = _ROW_ID.match(row_id)
+    if match is None:
+        raise ValueError(f"malformed row_id: {row_id!r}")
+    return int(match["study_id"]), match["condition"], match["level"]
 
 # Where a synthetic shard folder keeps its studies' images (<shard>/images/<study>/<series>/);
 # the pipeline reads them there, and <split>_images holds hard links to the same files.

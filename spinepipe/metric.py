@@ -19,7 +19,6 @@ is dropped from the mean (with a warning) instead of making the score NaN.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from spinepipe.constants import (
     CONDITIONS,
     FAMILIES,
     LEVELS,
+    ROW_ID_PATTERN,
     SEVERITIES,
     SUBMISSION_COLUMNS,
 )
@@ -59,10 +59,6 @@ GROUPS: tuple[str, ...] = FAMILIES
 ANY_SEVERE_KEY = "any_severe_spinal"
 
 _PRED_COLS: list[str] = list(SUBMISSION_COLUMNS)  # normal_mild, moderate, severe
-_ROW_ID_RE = re.compile(
-    r"^(?P<study_id>\d+)_(?P<condition>" + "|".join(CONDITIONS) + r")_(?P<level>"
-    + "|".join(LEVELS) + r")$"
-)
 
 
 def _label_columns() -> list[str]:
@@ -244,7 +240,7 @@ def score(labels: pl.DataFrame, predictions: pl.DataFrame) -> dict[str, float]:
 def _parse_row_ids(row_ids: Sequence[str]) -> pl.DataFrame:
     """Split row_ids into study_id, condition, level; raise on malformed ids."""
     ids = pl.Series("row_id", list(row_ids), dtype=pl.Utf8)
-    parts = ids.str.extract_groups(_ROW_ID_RE.pattern)
+    parts = ids.str.extract_groups(ROW_ID_PATTERN)
     frame = pl.DataFrame({"row_id": ids}).with_columns(
         parts.struct.field("condition").alias("condition"),
         parts.struct.field("level").alias("level"),

@@ -362,3 +362,15 @@ def test_prior_score_by_hand() -> None:
     assert result["subarticular"] == pytest.approx(subarticular, rel=1e-12)
     assert result["any_severe_spinal"] == pytest.approx(any_severe, rel=1e-12)
     assert result["score"] == pytest.approx((spinal + foraminal + subarticular + any_severe) / 4, rel=1e-12)
+
+
+def test_row_ids_are_built_and_split_by_one_pair_of_functions():
+    from spinepipe.constants import CONDITIONS, LEVELS, row_id, split_row_id
+
+    for condition in CONDITIONS:
+        for level in LEVELS:
+            assert split_row_id(row_id(4003253, condition, level)) == (4003253, condition, level)
+    for bad in ("4003253_spinal_canal_stenosis", "x_spinal_canal_stenosis_l1_l2",
+                "4003253_spinal_canal_stenosis_l1_l2_", "4003253_left_spinal_canal_stenosis_l1_l2"):
+        with pytest.raises(ValueError, match="malformed row_id"):
+            split_row_id(bad)

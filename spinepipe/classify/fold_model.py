@@ -13,7 +13,7 @@ import torch
 from spinepipe import checkpoints
 from spinepipe.classify.data import Sample, n_outputs, n_views
 from spinepipe.classify.models import SeverityModel
-from spinepipe.constants import RUNTIMES, SUBMISSION_COLUMNS
+from spinepipe.constants import RUNTIMES, SUBMISSION_COLUMNS, split_row_id
 
 LOGITS = [f"logit_{c}" for c in SUBMISSION_COLUMNS]
 PREDICTION_SCHEMA = {"row_id": pl.String, "study_id": pl.Int64, "level": pl.String,
@@ -29,7 +29,7 @@ def predictions_frame(samples: list[Sample], logits: np.ndarray, family: str, fo
         ok = sum(s == "ok" for s in sample.statuses)
         for row_id, row_logits in zip(sample.row_ids, sample_logits):
             rows.append({"row_id": row_id, "study_id": sample.study_id, "level": sample.level,
-                         "condition": row_id.split("_", 1)[1].rsplit("_", 2)[0], "family": family,
+                         "condition": split_row_id(row_id)[1], "family": family,
                          "fold": fold, "views_ok": ok, "views": len(sample.statuses),
                          **{f"logit_{c}": float(v) for c, v in zip(SUBMISSION_COLUMNS, row_logits)}})
     return pl.DataFrame(rows, schema=PREDICTION_SCHEMA)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from spinepipe.classify.data import CropDataset, family_samples
 from spinepipe.classify.fold_model import LOGITS, load_model, predictions_frame
-from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS
+from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS, split_row_id
 from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
 from spinepipe.metric import priors_for_rows
 
@@ -116,8 +116,7 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
     problems = _series_problems(series)
     degraded = []
     for i, row_id in enumerate(row_ids):
-        study, rest = row_id.split("_", 1)
-        condition, level = rest.rsplit("_", 2)[0], "_".join(rest.rsplit("_", 2)[1:])
+        study, condition, level = split_row_id(row_id)
         family, side = CONDITION_FAMILY[condition], _side(condition)
         descriptions = FAMILY_DESCRIPTIONS[family]
         missing = statuses.get((int(study), level, family, side), [])

@@ -29,6 +29,7 @@ from spinepipe.classify.jitter import resolve_jitter
 from spinepipe.classify.plots import confusion, plot_confusions, plot_history
 from spinepipe.classify.training import fit, make_loader, predict, weighted_log_loss_from_logits
 from spinepipe.code_inputs import code_digest
+from spinepipe.constants import split_row_id
 from spinepipe.devices import autocast_dtype, precision_name, resolve_device
 from spinepipe.metric import labels_to_long
 from spinepipe.seeding import seed_everything
@@ -151,7 +152,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
             matrices = {}  # one per condition: a shared sided model is split by side
             for i, sample in enumerate(val):
                 for k, row_id in enumerate(sample.row_ids):
-                    condition = row_id.split("_", 1)[1].rsplit("_", 2)[0]
+                    _, condition, _ = split_row_id(row_id)
                     matrices.setdefault(condition, np.zeros((3, 3), dtype=np.int64))
                     matrices[condition] += confusion(val_targets[i:i + 1, k], predicted[i:i + 1, k])
             if matrices:

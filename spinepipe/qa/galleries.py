@@ -33,7 +33,6 @@ second.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,10 +45,10 @@ from spinepipe.constants import (
     AXIAL_T2,
     CONDITION_FAMILY,
     CONDITION_NAMES,
-    CONDITIONS,
     LEVEL_NAMES,
     LEVELS,
     SUBMISSION_COLUMNS,
+    split_row_id,
 )
 from spinepipe.qa.sheet import (
     _GAP,
@@ -92,7 +91,6 @@ CASE_SCHEMA: dict[str, pl.DataType] = {
 CONDITION_KEYS: dict[str, str] = {name: key for key, name in CONDITION_NAMES.items()}
 LEVEL_KEYS: dict[str, str] = {name: key for key, name in LEVEL_NAMES.items()}
 
-_ROW_ID_RE = re.compile(r"^(\d+)_(" + "|".join(CONDITIONS) + r")_(" + "|".join(LEVELS) + r")$")
 
 # Tile geometry in inches: a header of case text, then the panel (with its own title).
 _TILE_W, _TILE_H, _HEADER_H, _FIG_HEADER_H = 3.0, 3.6, 0.62, 0.55
@@ -110,11 +108,8 @@ _FAMILY_OUTLINE = "#ff9f0a"
 def parse_row_id(row_id: str) -> tuple[int, str, str]:
     """``"36119832_left_neural_foraminal_narrowing_l1_l2"`` -> ``(36119832, "Left Neural
     Foraminal Narrowing", "L1/L2")``; ValueError for anything else."""
-    match = _ROW_ID_RE.match(row_id)
-    if match is None:
-        raise ValueError(f"malformed row_id: {row_id!r}")
-    study, condition, level = match.groups()
-    return int(study), CONDITION_NAMES[condition], LEVEL_NAMES[level]
+    study, condition, level = split_row_id(row_id)
+    return study, CONDITION_NAMES[condition], LEVEL_NAMES[level]
 
 
 def _parse_or_none(row_id: str) -> tuple[int | None, str | None, str | None]:
