@@ -6,7 +6,21 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from test_qa_sheet import AX, CANAL_Y, LEVEL_Z, RECESS_X, STUDY, T1, T2, N, _images, axial, sagittal
+from test_qa_sheet import (
+    AX,
+    CANAL_Y,
+    DPI,
+    FORAMEN_OFFSET_MM,
+    LEVEL_Z,
+    RECESS_X,
+    STUDY,
+    T1,
+    T2,
+    N,
+    axial,
+    sagittal,
+    stack_images,
+)
 
 from spinepipe.constants import (
     AXIAL_T2,
@@ -19,20 +33,20 @@ from spinepipe.constants import (
     row_id,
 )
 from spinepipe.geometry import StackGeometry
-from spinepipe.qa.galleries import (
+from spinepipe.qa.cases import (
     CASE_SCHEMA,
     GALLERIES,
     cases_table,
     confident_wrong_cases,
     degraded_cases,
-    draw_tile,
     label_noise_cases,
     localization_error_cases,
     parse_row_id,
-    plan_tile,
-    render_gallery,
 )
-from spinepipe.qa.sheet import CROP_ROWS, CropView, SeriesStack, StudyInputs
+from spinepipe.qa.galleries import draw_tile, render_gallery
+from spinepipe.qa.montage import CROP_ROWS
+from spinepipe.qa.tiles import plan_tile
+from spinepipe.qa.types import CropView, SeriesStack, StudyInputs
 
 CANAL, L_FORAMEN, L_RECESS = (CONDITION_NAMES[c] for c in (
     "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "left_subarticular_stenosis"))
@@ -55,7 +69,7 @@ def _point(geometry: StackGeometry, series_id: int, condition: str, level: str, 
 def make_inputs(study: int = STUDY, feet_first: bool = False, images: bool = True,
                 crops: bool = True) -> StudyInputs:
     t2, t1, ax = sagittal(3.0), sagittal(4.0), axial(feet_first)
-    series = {sid: SeriesStack(sid, desc, g, _images(N, 32, sid) if images else None)
+    series = {sid: SeriesStack(sid, desc, g, stack_images(N, 32, sid) if images else None)
               for sid, desc, g in ((T2, SAGITTAL_T2, t2), (T1, SAGITTAL_T1, t1), (AX, AXIAL_T2, ax))}
     predicted = [_point(t2, T2, CANAL, lv, [-1.5, CANAL_Y, LEVEL_Z[lv]], study) for lv in LEVELS]
     predicted += [_point(t1, T1, L_FORAMEN, lv, [22.0, 0.0, LEVEL_Z[lv]], study) for lv in LEVELS]
@@ -73,7 +87,8 @@ def make_inputs(study: int = STUDY, feet_first: bool = False, images: bool = Tru
             for _, view in CROP_ROWS:
                 crop_views[(lv, view)] = CropView(rng.random((5, 24, 24)).astype(np.float16),
                                                   np.ones(5, dtype=bool), "ok", slices=1, margin=2)
-    return StudyInputs(study, series, pl.DataFrame(predicted), pl.DataFrame(annotated), crop_views)
+    return StudyInputs(study, series, pl.DataFrame(predicted), pl.DataFrame(annotated), crop_views,
+                       foramen_offset_mm=FORAMEN_OFFSET_MM)
 
 
 def noise_table() -> pl.DataFrame:
@@ -279,7 +294,7 @@ def test_render_each_gallery_kind(tmp_path, gallery):
     pairs = ((CANAL, "L4/L5"), (L_RECESS, "L2/L3"))
     cases = pl.DataFrame([_case(gallery, c, lv) for c, lv in pairs], schema=CASE_SCHEMA)
     path = tmp_path / "sub" / f"{gallery}.png"
-    assert render_gallery(cases, lambda study: make_inputs(study), path, gallery) == 2
+    assert render_gallery(cases, lambda study: make_inputs(study), path, gallery, dpi=DPI) == 2
     pixels = _read_png(path)
     assert pixels.std() > 0.01 and pixels.shape[0] > 200 and pixels.shape[1] > 400
 
@@ -304,8 +319,8 @@ def test_render_gallery_sizes_missing_inputs_and_empty(tmp_path, monkeypatch):
 
     four = _mixed_cases()
     twelve = pl.concat([four, four, four.with_columns(study_id=pl.lit(999, dtype=pl.Int64))])
-    assert render_gallery(four, inputs_for, tmp_path / "four.png", "four") == 4
-    assert render_gallery(twelve, inputs_for, tmp_path / "twelve.png", "twelve") == 12
+    assert render_gallery(four, inputs_for, tmp_path / "four.png", "four", dpi=DPI) == 4
+    assert render_gallery(twelve, inputs_for, tmp_path / "twelve.png", "twelve", dpi=DPI) == 12
     # inputs_for is called once per study and gallery
     assert set(calls) == {STUDY, 999} and calls.count(999) == 1 and calls.count(STUDY) == 2
     small, large = _read_png(tmp_path / "four.png"), _read_png(tmp_path / "twelve.png")
@@ -314,7 +329,7 @@ def test_render_gallery_sizes_missing_inputs_and_empty(tmp_path, monkeypatch):
     assert "twelve (12 cases)" in drawn
 
     empty = twelve.head(0)
-    assert render_gallery(empty, inputs_for, tmp_path / "empty.png", "empty") == 0
+    assert render_gallery(empty, inputs_for, tmp_path / "empty.png", "empty", dpi=DPI) == 0
     nothing = _read_png(tmp_path / "empty.png")
     assert nothing.std() > 0.01 and nothing.size < small.size
     assert "nothing to show" in drawn
@@ -323,19 +338,20 @@ def test_render_gallery_sizes_missing_inputs_and_empty(tmp_path, monkeypatch):
     def broken(study: int) -> StudyInputs:
         raise OSError("stack cache unreadable")
 
-    assert render_gallery(four.head(1), broken, tmp_path / "broken.png", "broken") == 1
+    assert render_gallery(four.head(1), broken, tmp_path / "broken.png", "broken", dpi=DPI) == 1
     assert _read_png(tmp_path / "broken.png").std() > 0.01
 
 
 def test_a_very_long_gallery_is_cut_at_the_image_size_limit(tmp_path, monkeypatch):
     import spinepipe.qa.galleries as galleries
-    monkeypatch.setattr(galleries, "MAX_IMAGE_PIXELS", 700)  # 8.75 in at 80 dpi: two rows
+    limit = int(8.75 * DPI)  # 8.75 in: two rows of tiles
+    monkeypatch.setattr(galleries, "MAX_IMAGE_PIXELS", limit)
     cases = pl.concat([_mixed_cases()] * 3)
-    assert render_gallery(cases, lambda study: None, tmp_path / "long.png", "long") == 8
+    assert render_gallery(cases, lambda study: None, tmp_path / "long.png", "long", dpi=DPI) == 8
     pixels = _read_png(tmp_path / "long.png")
-    assert pixels.shape[0] <= 700 and pixels.std() > 0.01
+    assert pixels.shape[0] <= limit and pixels.std() > 0.01
     assert render_gallery(cases.head(5), lambda study: None, tmp_path / "five.png", "five",
-                          columns=5) == 5
+                          columns=5, dpi=DPI) == 5
 
 
 def test_no_inputs_tile_says_so(tmp_path, monkeypatch):
@@ -350,5 +366,6 @@ def test_no_inputs_tile_says_so(tmp_path, monkeypatch):
         return original(self, x, y, s, *args, **kwargs)
 
     monkeypatch.setattr(Axes, "text", spy)
-    assert render_gallery(_mixed_cases(), lambda study: None, tmp_path / "none.png", "none") == 4
+    assert render_gallery(_mixed_cases(), lambda study: None, tmp_path / "none.png", "none",
+                          dpi=DPI) == 4
     assert drawn.count(f"no inputs for study {STUDY}") == 4

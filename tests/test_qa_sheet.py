@@ -3,25 +3,25 @@ slices, and a sheet rendered from small synthetic inputs (no pipeline outputs ne
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
 
+from spinepipe.config import load_config
 from spinepipe.constants import AXIAL_T2, CONDITIONS, LEVEL_NAMES, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from spinepipe.geometry import StackGeometry
-from spinepipe.qa.sheet import (
-    CROP_ROWS,
-    CropView,
-    SeriesStack,
-    StudyInputs,
-    crop_montage,
-    crop_tiles,
-    masked_pattern,
-    patient_side_labels,
-    plan_sheet,
-    render_study_sheet,
-    sagittal_side_text,
-)
+from spinepipe.qa.montage import CROP_ROWS, GAP, crop_montage, crop_tiles, masked_pattern
+from spinepipe.qa.orientation import patient_side_labels, sagittal_side_text
+from spinepipe.qa.plan import plan_sheet
+from spinepipe.qa.sheet import render_study_sheet
+from spinepipe.qa.types import CropView, SeriesStack, StudyInputs
+
+# the settings the pipeline passes (config.yaml), typed nowhere else
+CONFIG = load_config(Path(__file__).resolve().parents[1] / "config.yaml")
+FORAMEN_OFFSET_MM = CONFIG["geometry"]["foramen_offset_mm"]
+DPI = CONFIG["qa"]["dpi"]
 
 STUDY = 4242
 T2, T1, AX = 11, 12, 13
@@ -54,7 +54,7 @@ def axial(feet_first: bool) -> StackGeometry:
     return _geometry([[-32.0, -32.0, z] for z in zs], (1, 0, 0), (0, 1, 0))
 
 
-def _images(n: int, size: int, seed: int) -> np.ndarray:
+def stack_images(n: int, size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
     base = 0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y)
@@ -84,15 +84,15 @@ def _recess_rows(geometry: StackGeometry, series_id: int = AX) -> list[dict]:
 
 def make_inputs(feet_first: bool = False, with_axial: bool = True, stack_size: int = 32) -> StudyInputs:
     t2, t1, ax = sagittal(3.0), sagittal(4.0), axial(feet_first)
-    series = {T2: SeriesStack(T2, SAGITTAL_T2, t2, _images(N, stack_size, 1)),
-              T1: SeriesStack(T1, SAGITTAL_T1, t1, _images(N, stack_size, 2))}
+    series = {T2: SeriesStack(T2, SAGITTAL_T2, t2, stack_images(N, stack_size, 1)),
+              T1: SeriesStack(T1, SAGITTAL_T1, t1, stack_images(N, stack_size, 2))}
     rows = [_point_row(t2, T2, SAGITTAL_T2, "Spinal Canal Stenosis", lv, [-1.5, CANAL_Y, LEVEL_Z[lv]])
             for lv in LEVELS]
     for side, sign in (("left", 1.0), ("right", -1.0)):
         rows += [_point_row(t1, T1, SAGITTAL_T1, f"{side.capitalize()} Neural Foraminal Narrowing", lv,
                             [sign * 22.0, 0.0, LEVEL_Z[lv]]) for lv in LEVELS]
     if with_axial:
-        series[AX] = SeriesStack(AX, AXIAL_T2, ax, _images(N, stack_size, 3))
+        series[AX] = SeriesStack(AX, AXIAL_T2, ax, stack_images(N, stack_size, 3))
         rows += _recess_rows(ax)
     predicted = pl.DataFrame(rows)
     # annotations: L4/L5 canal one slice over (3 mm) and 4 mm lower; one left recess 2 mm off
@@ -117,7 +117,8 @@ def make_inputs(feet_first: bool = False, with_axial: bool = True, stack_size: i
                           for c in CONDITIONS[:4] for lv in LEVELS])  # none for the right recess
     truth = {f"{STUDY}_spinal_canal_stenosis_l4_l5": 2, f"{STUDY}_spinal_canal_stenosis_l1_l2": 0}
     notes = {} if with_axial else {AXIAL_T2: "not listed for this study"}
-    return StudyInputs(STUDY, series, predicted, annotated, crops, probs, truth, notes)
+    return StudyInputs(STUDY, series, predicted, annotated, crops, probs, truth, notes,
+                       foramen_offset_mm=FORAMEN_OFFSET_MM)
 
 
 # --------------------------------------------------------------------------- left / right
@@ -182,6 +183,26 @@ def test_sagittal_side_comes_from_position():
     assert panel.side_text.startswith("patient right") and panel.warning
 
 
+def test_foramen_panel_without_points_takes_the_configured_offset():
+    """No foramen point: each foramen panel shows the slice nearest ``foramen_offset_mm``
+    toward its side of the canal slice (the offset the caller passes, from the config)."""
+    with pytest.raises(TypeError):  # no default in code: the caller passes the config's
+        StudyInputs(STUDY)
+    t1 = sagittal(4.0)
+    for offset in (FORAMEN_OFFSET_MM, 8.0):
+        inputs = make_inputs()
+        inputs.predicted = inputs.predicted.filter(~pl.col("condition").str.contains("Foraminal"))
+        inputs.foramen_offset_mm = offset
+        plan = plan_sheet(inputs)
+        midline = np.array(plan.midline)
+        for side, sign in (("left", 1), ("right", -1)):
+            panel = plan.foramina[side]
+            assert panel.note == f"no foramen points: slice nearest {sign * offset:+.0f} mm"
+            offsets = t1.left_offsets(midline)
+            assert panel.slice_index == int(np.argmin(np.abs(offsets - sign * offset)))
+            assert panel.side_text.startswith(f"patient {side}") and not panel.warning
+
+
 def test_distances_are_measured_in_patient_space():
     inputs = make_inputs()
     canal = {p.label: p for p in plan_sheet(inputs).canal.pairs}
@@ -193,7 +214,7 @@ def test_distances_are_measured_in_patient_space():
     # anisotropic pixels: 0.5 mm columns, the same 2 mm in x is 4 columns
     t2 = sagittal(3.0, spacing=(1.0, 0.5))
     base = np.array([-1.5, CANAL_Y, LEVEL_Z["l3_l4"]])
-    inputs.series[T2] = SeriesStack(T2, SAGITTAL_T2, t2, _images(N, 32, 1))
+    inputs.series[T2] = SeriesStack(T2, SAGITTAL_T2, t2, stack_images(N, 32, 1))
     inputs.predicted = pl.DataFrame([_point_row(t2, T2, SAGITTAL_T2, "Spinal Canal Stenosis", "l3_l4", base)])
     annotated = _point_row(t2, T2, SAGITTAL_T2, "Spinal Canal Stenosis", "l3_l4", base + [0, 2.0, 0])
     assert annotated["x"] - inputs.predicted["x"][0] == pytest.approx(4.0)
@@ -225,7 +246,7 @@ def test_masked_crop_slices_are_drawn_as_masked():
     assert montage.masked[0].tolist() == mask.__invert__().tolist()
     assert montage.masked[1:].all()
     h, w = montage.tile
-    gap = 2
+    gap = GAP
     first, second = montage.image[0:h, 0:w], montage.image[0:h, w + gap:2 * w + gap]
     np.testing.assert_array_equal(first, pattern)           # row 0, slice -2: masked
     np.testing.assert_array_equal(second, crop[1].astype(np.float32))
@@ -245,7 +266,7 @@ def _read_png(path):
 def test_render_sheet(tmp_path):
     inputs = make_inputs(feet_first=True)
     path = tmp_path / "sheets" / f"{STUDY}.png"  # speed: benchmarks/bench_qa_sheets.py
-    plan = render_study_sheet(inputs, path)
+    plan = render_study_sheet(inputs, path, dpi=DPI)
     pixels = _read_png(path)
     assert 600 <= pixels.shape[1] <= 2000 and 500 <= pixels.shape[0] <= 1600
     assert pixels.var() > 0
@@ -267,7 +288,7 @@ def test_missing_axial_series_renders_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(Axes, "text", spy)
     inputs = make_inputs(with_axial=False)
     path = tmp_path / "no_axial.png"
-    plan = render_study_sheet(inputs, path)
+    plan = render_study_sheet(inputs, path, dpi=DPI)
     assert _read_png(path).var() > 0
     for lv in LEVELS:
         assert plan.axial[lv].image is None and plan.axial[lv].note.startswith("no Axial T2")
@@ -279,8 +300,8 @@ def test_missing_axial_series_renders_with_a_note(tmp_path, monkeypatch):
 
 
 def test_study_without_any_series_still_renders(tmp_path):
-    inputs = StudyInputs(STUDY)
-    plan = render_study_sheet(inputs, tmp_path / "empty.png")
+    inputs = StudyInputs(STUDY, foramen_offset_mm=FORAMEN_OFFSET_MM)
+    plan = render_study_sheet(inputs, tmp_path / "empty.png", dpi=DPI)
     assert plan.canal.note.startswith("no Sagittal T2") and plan.foramina["left"].note.startswith("no Sagittal T1")
     assert _read_png(tmp_path / "empty.png").var() > 0
 
@@ -293,7 +314,7 @@ def test_load_study_inputs_from_run_files(tmp_path):
     from spinepipe.qa.inputs import load_study_inputs
 
     t2, ax = sagittal(3.0), axial(True)
-    images = _images(N, 32, 1)
+    images = stack_images(N, 32, 1)
     # stack written in another order than the geometry's: matched by instance number
     order = np.arange(N)[::-1]
     np.save(tmp_path / "stacks.npy", images[order].astype(np.float16))
@@ -318,7 +339,8 @@ def test_load_study_inputs_from_run_files(tmp_path):
                                          [0.0, CANAL_Y, 20.0]), "source": s} for s in ("annotated", "predicted")])
     inputs = load_study_inputs(STUDY, series, {T2: t2, AX: ax}, StackCache(stack_index),
                                coordinates=coords, crop_index=crop_index,
-                               crop_cfg={"slices": 1, "margin": 2}, labels_long=labels_long)
+                               crop_cfg={"slices": 1, "margin": 2}, labels_long=labels_long,
+                               foramen_offset_mm=FORAMEN_OFFSET_MM)
     assert set(inputs.series) == {T2, AX}
     np.testing.assert_array_equal(inputs.series[T2].images, images)
     assert inputs.series[T2].scale == (2.0, 2.0) and inputs.series[AX].images is None
@@ -328,5 +350,6 @@ def test_load_study_inputs_from_run_files(tmp_path):
     np.testing.assert_array_equal(crop.image, crop_array[0].astype(np.float32))
     assert crop.mask.tolist() == [False, True, True, True, True] and crop.slices == 1
     assert inputs.crops[("l1_l2", "axial_canal")].status == "no_point"
-    render_study_sheet(inputs, tmp_path / "loaded.png")
+    assert inputs.foramen_offset_mm == FORAMEN_OFFSET_MM
+    render_study_sheet(inputs, tmp_path / "loaded.png", dpi=DPI)
     assert (tmp_path / "loaded.png").stat().st_size > 0

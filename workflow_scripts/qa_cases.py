@@ -6,12 +6,12 @@ import polars as pl
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
 from spinepipe.metric import labels_to_long
-from spinepipe.qa.galleries import (
-                                    cases_table,
-                                    confident_wrong_cases,
-                                    degraded_cases,
-                                    label_noise_cases,
-                                    localization_error_cases,
+from spinepipe.qa.cases import (
+    cases_table,
+    confident_wrong_cases,
+    degraded_cases,
+    label_noise_cases,
+    localization_error_cases,
 )
 from spinepipe.qa.sources import sampled_train_studies
 

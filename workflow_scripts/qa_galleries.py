@@ -5,7 +5,8 @@ from pathlib import Path
 import polars as pl
 
 from spinepipe.logs import setup_logging
-from spinepipe.qa.galleries import GALLERIES, render_gallery
+from spinepipe.qa.cases import GALLERIES
+from spinepipe.qa.galleries import render_gallery
 from spinepipe.qa.sources import SplitSources
 
 setup_logging(snakemake.log[0])

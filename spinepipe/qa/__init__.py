@@ -1,6 +1,12 @@
-"""Visual quality assurance: per-study sheets drawn from a pipeline run's artifacts.
+"""Visual quality assurance: per-study sheets and galleries drawn from a pipeline run's artifacts.
 
-``spinepipe.qa.sheet`` renders one study (level points on the sagittal and axial slices,
-the crops every model saw, probabilities against the truth); ``spinepipe.qa.inputs``
-gathers what a sheet needs from the files a run wrote.
+- ``types``: what a sheet is drawn from (``StudyInputs``); ``inputs`` / ``sources`` fill it
+  from the files a run wrote (no drawing code).
+- ``orientation``: patient directions of image edges and sagittal sides of the mid-line.
+- ``points``, ``panels``, ``montage``, ``plan``: a study sheet planned without drawing
+  (``plan_sheet``).
+- ``drawing``: the matplotlib parts; ``sheet``: a study's sheet as a PNG
+  (``render_study_sheet``).
+- ``cases``, ``tiles``, ``galleries``: the gallery cases chosen from run tables, each tile
+  planned, and the contact sheets drawn (``render_gallery``).
 """

@@ -15,7 +15,7 @@ import polars as pl
 from spinepipe.constants import SERIES_DESCRIPTIONS
 from spinepipe.geometry import StackGeometry
 from spinepipe.localize.stacks import StackCache
-from spinepipe.qa.sheet import CropView, SeriesStack, StudyInputs
+from spinepipe.qa.types import CropView, SeriesStack, StudyInputs
 
 
 def stack_in_geometry_order(stack: dict[str, np.ndarray],
@@ -79,8 +79,8 @@ def load_study_inputs(study_id: int, series: pl.DataFrame, geometries: dict[int,
                       crop_cfg: dict[str, Any] | None = None,
                       probabilities: pl.DataFrame | None = None,
                       labels_long: pl.DataFrame | None = None,
-                      reasons: pl.DataFrame | None = None,
-                      foramen_offset_mm: float | None = None) -> StudyInputs:
+                      reasons: pl.DataFrame | None = None, *,
+                      foramen_offset_mm: float) -> StudyInputs:
     """One study's sheet inputs.
 
     Args:
@@ -95,6 +95,7 @@ def load_study_inputs(study_id: int, series: pl.DataFrame, geometries: dict[int,
             ``severe``), e.g. ``oof_end_to_end.csv`` or the submission.
         labels_long: ``metric.labels_to_long`` of train.csv / test_labels.csv.
         reasons: ``unlocalized_{split}.csv`` (study_id, series_description, reason).
+        foramen_offset_mm: config ``geometry.foramen_offset_mm`` (``StudyInputs``).
     """
     study_series = series.filter(pl.col("study_id") == study_id)
     stacks_by_id: dict[int, SeriesStack] = {}
@@ -129,6 +130,6 @@ def load_study_inputs(study_id: int, series: pl.DataFrame, geometries: dict[int,
         known = labels_long.filter((pl.col("study_id") == study_id) & pl.col("target").is_not_null())
         truth = dict(zip(known["row_id"].to_list(), known["target"].cast(pl.Int64).to_list()))
     crops = {} if crop_index is None else load_crops(crop_index, study_id, crop_cfg)
-    extra = {} if foramen_offset_mm is None else {"foramen_offset_mm": float(foramen_offset_mm)}
     return StudyInputs(study_id, stacks_by_id, of_study(predictions), annotated, crops, probs, truth,
-                       {k: "; ".join(v) for k, v in notes.items() if v}, **extra)
+                       {k: "; ".join(v) for k, v in notes.items() if v},
+                       foramen_offset_mm=float(foramen_offset_mm))

@@ -21,7 +21,7 @@ from spinepipe.geometry import StackGeometry
 from spinepipe.localize.stacks import StackCache
 from spinepipe.metric import labels_to_long
 from spinepipe.qa.inputs import load_study_inputs
-from spinepipe.qa.sheet import StudyInputs
+from spinepipe.qa.types import StudyInputs
 from spinepipe.xref import stack_geometries
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,15 @@ class SplitSources:
     probabilities: pl.DataFrame | None
     labels_long: pl.DataFrame | None
     reasons: pl.DataFrame | None
-    foramen_offset_mm: float | None = None
+    foramen_offset_mm: float  # config geometry.foramen_offset_mm
 
     @classmethod
     def from_files(cls, *, split: str, series: Path, instances: Path, stacks: Path | None, predictions: Path | None,
                    coordinates: Path | None, crop_index: Path | None, crop_cfg: dict[str, Any] | None,
                    probabilities: Path | None, labels: Path | None, reasons: Path | None,
-                   foramen_offset_mm: float | None = None) -> SplitSources:
+                   foramen_offset_mm: float) -> SplitSources:
         """The ``split`` rows of ``series.parquet``; every other path but ``instances`` may be
-        None (not drawn then)."""
+        None (not drawn then). ``foramen_offset_mm``: config ``geometry.foramen_offset_mm``."""
         series_table = pl.read_parquet(series).filter(pl.col("split") == split)
         geometries = stack_geometries(pl.read_parquet(instances), series_table)
         return cls(
@@ -69,7 +69,8 @@ class SplitSources:
             return None
         return load_study_inputs(study_id, self.series, self.geometries, self.stacks, self.predictions,
                                  self.coordinates, self.crop_index, self.crop_cfg, self.probabilities,
-                                 self.labels_long, self.reasons, self.foramen_offset_mm)
+                                 self.labels_long, self.reasons,
+                                 foramen_offset_mm=self.foramen_offset_mm)
 
 
 def _read(path: Path | None) -> pl.DataFrame | None:
