@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from spinepipe.config import ConfigError, check_semantics
+from spinepipe.config import ConfigError, validate
 from spinepipe.preflight import preflight
 
 min_version("9.0")
@@ -18,9 +18,8 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "config.yaml"
 
 
-validate(config, "spinepipe/schemas/config.schema.yaml")
 try:
-    check_semantics(config, Path(workflow.basedir))
+    validate(config, Path(workflow.basedir))
     # names and files the config refers to (timm backbones, albumentations transforms,
     # weights, the tracking store, a real data_dir's CSVs), resolved before any job; only
     # in the main process, not again in every job a cluster runs

@@ -157,14 +157,8 @@ def inherited_input(rule, **overrides):
 # downstream of them under results/seeds/{seed}/ (rules *_seed in train.smk and submission.smk);
 # the master seed's run stays under results/train, results/eval, ...
 # (--config gives them as digit strings, config files as integers)
+# (checked by spinepipe.config.validate: no repeats, not the master seed)
 SEEDS = [int(s) for s in config["train"]["seeds"]]
-if len(set(SEEDS)) != len(SEEDS):
-    raise WorkflowError(f"train.seeds: {config['train']['seeds']} repeats a seed")
-if config["seed"] in SEEDS:
-    raise WorkflowError(
-        f"train.seeds: {config['seed']} is the master seed (top-level 'seed'), "
-        "whose run is results/train and results/eval; list only further seeds"
-    )
 
 
 def seed_path(path):

@@ -76,6 +76,8 @@ def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> 
         problems.append(f"  inference.fold_weights: {len(weights)} weights for {n_folds} folds")
     elif weights is not None and sum(weights) <= 0:
         problems.append("  inference.fold_weights: the weights sum to zero")
+    problems += _seed_problems(config)
+    problems += _decode_problems(config)
     data_dir = config.get("data_dir", "")
     predicting = bool(config.get("predict", {}).get("bundle"))
     if predicting and not data_dir:
@@ -96,7 +98,28 @@ def check_semantics(config: Mapping[str, Any], base_dir: Path | None = None) -> 
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 
 
+def _seed_problems(config: Mapping[str, Any]) -> list[str]:
+    """Further training seeds (``train.seeds``, digit strings from ``--config`` too): each
+    once, and never the master seed, whose run is results/train and results/eval."""
+    seeds = [int(s) for s in config.get("train", {}).get("seeds", [])]
+    if len(set(seeds)) != len(seeds):
+        return [f"  train.seeds: {seeds} repeats a seed"]
+    if config.get("seed") in seeds:
+        return [f"  train.seeds: {config['seed']} is the master seed (top-level 'seed'), whose run "
+                "is results/train and results/eval; list only further seeds"]
+    return []
+
+
+def _decode_problems(config: Mapping[str, Any]) -> list[str]:
+    """``localize.decode`` ranges given upside down."""
+    decode = config.get("localize", {}).get("decode", {})
+    return [f"  localize.decode.{key}: range {list(decode[key])} has its minimum above its maximum"
+            for key in ("spacing_ratio", "spacing_mm") if key in decode and decode[key][0] > decode[key][1]]
+
+
 def validate(config: Mapping[str, Any], base_dir: Path | None = None) -> None:
+    """Every check of a configuration: the schema, then what it cannot express
+    (:func:`check_semantics`); the workflow and the tests both call this."""
     validate_schema(config)
     check_semantics(config, base_dir)
 

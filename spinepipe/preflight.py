@@ -117,7 +117,7 @@ def check_augment(config: Mapping[str, Any]) -> list[str]:
     """Every ``train.augment`` entry builds and runs on the crop stacks training feeds it
     (``crops.size`` square, one channel per slice of each view)."""
     from spinepipe.classify.data import build_transform, n_views
-    from spinepipe.localize.training import _augmenter
+    from spinepipe.localize.training import point_augmenter
 
     problems = []
     train, crops = config.get("train", {}), config.get("crops", {})
@@ -148,7 +148,7 @@ def check_augment(config: Mapping[str, Any]) -> list[str]:
     point = config.get("localize", {}).get("point_model", {})
     if "augment" in point:
         try:
-            _augmenter(dict(point["augment"]))
+            point_augmenter(dict(point["augment"]) | {"seed": 0})
         except Exception as error:  # noqa: BLE001 - reported with the key
             problems.append(f"  localize.point_model.augment: {_short(error)}")
     return problems
@@ -206,7 +206,7 @@ def check_weights_load(config: Mapping[str, Any], workdir: Path) -> list[str]:
 
 def check_tracking(tracking: Mapping[str, Any], workdir: Path) -> list[str]:
     """The tracking store can be used: SQLite and file stores writable, HTTP answering."""
-    from spinepipe.tracking import TrackingError, check_store
+    from spinepipe.tracking.store import TrackingError, check_store
 
     try:
         check_store(tracking, workdir)

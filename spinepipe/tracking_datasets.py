@@ -90,7 +90,3 @@ def log_datasets(uri: str, run_id: str, records: Mapping[str, Mapping[str, Any]]
                            [InputTag("mlflow.data.context", context), InputTag("split", split)])
               for split, context in contexts.items() if split in records]
     MlflowClient(uri).log_inputs(run_id, datasets=inputs)
-
-
-def read_records(path: Path) -> dict[str, dict[str, Any]]:
-    return json.loads(Path(path).read_text())

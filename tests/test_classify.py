@@ -11,15 +11,10 @@ import torch
 from test_crops import CROP_CFG, crops_from_annotations
 
 from spinepipe.classify.data import CropDataset, family_samples, label_targets
-from spinepipe.classify.end_to_end import (
-    LeakError,
-    check_no_leak,
-    end_to_end_predictions,
-    evaluate_cv,
-    held_out_studies,
-)
+from spinepipe.classify.end_to_end import end_to_end_predictions, evaluate_cv
 from spinepipe.classify.evaluate import fit_temperature
 from spinepipe.classify.fold_model import LOGITS, PREDICTION_SCHEMA, build_model, predictions_frame
+from spinepipe.classify.held_out import LeakError, check_no_leak, held_out_studies
 from spinepipe.classify.inference import (
     assemble_submission,
     ensemble,
@@ -470,7 +465,7 @@ def test_auto_jitter_follows_the_measured_localization_error():
     assert resolve_jitter("subarticular", auto, ratio, errors)["point_jitter"] == round(0.03 * 24 / 0.27)
     # nothing measured: no jitter (and a warning), fixed numbers pass through
     assert resolve_jitter("foraminal", auto, wide, errors) == {"point_jitter": 0, "slice_jitter": 0}
-    assert resolve_jitter("foraminal", {"point_jitter": 3, "slice_jitter": 1}, wide, {}) == {
+    assert resolve_jitter("foraminal", {"point_jitter": 3, "slice_jitter": 1, "jitter_quantile": 0.8}, wide, {}) == {
         "point_jitter": 3, "slice_jitter": 1}
 
 

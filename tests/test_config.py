@@ -65,3 +65,27 @@ def test_grading_with_a_bundle_needs_a_folder_of_test_studies_only(tmp_path):
     with pytest.raises(ConfigError, match="runtime"):
         validate(make_config({"data_dir": str(tmp_path),
                               "predict": {"bundle": str(tmp_path), "runtime": "tensorrt"}}))
+
+
+@pytest.mark.parametrize("section, key", [("train", "view_dropout"), ("train", "predicted_point_share"),
+                                          ("train", "jitter_quantile"), ("localize", "foramen_realign"),
+                                          ("localize", "canal_slice_from_axial")])
+def test_a_config_missing_a_key_gets_the_schemas_error_not_a_default(section, key):
+    """The code reads these keys without a fallback: config.yaml and the schema are their one
+    source, so a config that leaves one out is refused, naming it."""
+    config = make_config()
+    del config[section][key]
+    with pytest.raises(ConfigError) as info:
+        validate(config, REPO)
+    assert f"'{key}' is a required property" in str(info.value) and section in str(info.value)
+
+
+@pytest.mark.parametrize("overlay, expected", [
+    ({"train": {"seeds": [3, "3"]}}, "repeats a seed"),
+    ({"seed": 7, "train": {"seeds": ["7"]}}, "is the master seed"),
+    ({"localize": {"decode": {"spacing_mm": [60.0, 20.0]}}}, "localize.decode.spacing_mm"),
+], ids=["repeated seed", "master seed", "decode range"])
+def test_checks_beyond_the_schema_run_in_the_one_validation(overlay, expected):
+    """What the workflow used to check on its own (seeds) is in the one validation the
+    workflow and the tests both call."""
+    assert expected in _error(overlay)

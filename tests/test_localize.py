@@ -14,17 +14,18 @@ import torch
 from spinepipe.dataset import read_coordinates, read_series_descriptions
 from spinepipe.localize.coordinates import merge_coordinates
 from spinepipe.localize.evaluate import evaluate_localization
-from spinepipe.localize.inference import FoldModels, StudyLocalizer, localize_split
+from spinepipe.localize.inference import FoldModels
 from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax, soft_argmax
 from spinepipe.localize.samples import SLICE_TARGETS, point_samples, slice_samples
 from spinepipe.localize.stacks import StackCache, build_stacks
+from spinepipe.localize.study import StudyLocalizer, localize_split
 from spinepipe.localize.training import evaluate_points, train_point_model, train_slice_model
 from spinepipe.metadata import parse_instances, summarize_series
 from spinepipe.xref import slice_reader, stack_geometries
 
 CFG = {"slice_method": "geometric", "report_learned_slices": True, "slice_image_size": 32, "axial_crop": 32,
-       "decode": {"radius": 3, "search": 0.05},
-       "foramen_offset_mm": 21.0}
+       "decode": {"radius": 3, "search": 0.05}, "foramen_refine_slices": 0, "foramen_realign": False,
+       "canal_slice_from_axial": False, "axial_refine_slices": 0, "foramen_offset_mm": 21.0}
 
 
 def _prepare(dataset: Path, split: str, tmp: Path):
@@ -49,7 +50,8 @@ def test_point_model_learns_the_canal(tiny_train):
     assert len(samples) >= 15
     cfg = {"seed": 0, "backbone": "resnet10t", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 8,
            "epochs": 12, "augment": {"shift": 0.03, "scale": 0.05, "rotate": 3},
-           "neighbour_sampling": "all", "channels_last": True, "precision": "bf16"}
+           "neighbour_sampling": "all", "channels_last": True, "precision": "bf16", "device": "cpu",
+           "weights": ""}
     history = []
     model, metrics = train_point_model(samples, samples, 5, cfg, lambda m, step: history.append(m))
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
@@ -70,7 +72,7 @@ def test_slice_model_learns_in_mixed_precision(tiny_train):
     coords = read_coordinates(dataset / "train_label_coordinates.csv")
     samples = slice_samples("sagittal_t2", coords, StackCache(index), 32)
     cfg = {"seed": 0, "backbone": "resnet10t", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 4,
-           "precision": "bf16"}
+           "precision": "bf16", "device": "cpu", "weights": ""}
     history = []
     model, metrics = train_slice_model(samples, samples, SLICE_TARGETS["sagittal_t2"], cfg,
                                        lambda m, step: history.append(m))

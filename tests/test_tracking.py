@@ -14,15 +14,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import make_config
 
 from spinepipe.classify.data import CropDataset, Sample
 from spinepipe.classify.fold_model import build_model
 from spinepipe.classify.training import fit
 from spinepipe.constants import LEVELS
-from spinepipe.tracking import RunLogger, TrackingError, init_tracking, mlflow_run
+from spinepipe.tracking.runs import RunLogger, mlflow_run
+from spinepipe.tracking.store import TrackingError, init_tracking
 
 LOCK_SECONDS = 4.0
 BUSY_TIMEOUT_MS = 1000
+
+
+def _mlflow(**overrides) -> dict:
+    """The config's ``mlflow`` section (config.yaml, every key the schema requires) with
+    ``overrides``."""
+    return make_config({"mlflow": overrides})["mlflow"]
 
 
 @pytest.fixture
@@ -59,8 +67,8 @@ def _closed_port() -> int:
 def test_metrics_reach_a_store_locked_by_another_connection(tmp_path, short_sqlite_busy_timeout,
                                                              caplog):
     db = tmp_path / "mlflow.db"
-    tracking = {"tracking_uri": f"sqlite:///{db}", "experiment": "locked",
-                "retry_attempts": 8, "retry_seconds": 10}
+    tracking = _mlflow(tracking_uri=f"sqlite:///{db}", experiment="locked", retry_attempts=8,
+                       retry_seconds=10)
     experiment_id = init_tracking(tracking)
     with mlflow_run(tracking, "run", {"a": 1}) as log_metrics:
         holder = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
@@ -91,19 +99,19 @@ def test_metrics_reach_a_store_locked_by_another_connection(tmp_path, short_sqli
 def store_calls(monkeypatch) -> dict[str, list]:
     """What tracking did: MLflow client calls that set up the experiment, and the waits
     between retries (recorded, not slept)."""
-    import spinepipe.tracking as tracking
+    from spinepipe.tracking import retry, store
 
     calls: dict[str, list] = {"experiment": [], "sleep": []}
-    real = tracking._experiment_id
+    real = store.experiment_id
 
     def experiment_id(*args, **kwargs):
         calls["experiment"].append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tracking, "_experiment_id", experiment_id)
+    monkeypatch.setattr(store, "experiment_id", experiment_id)  # what init_tracking calls
     clock = SimpleNamespace(monotonic=time.monotonic, time=time.time,
                             sleep=lambda seconds: calls["sleep"].append(seconds))
-    monkeypatch.setattr(tracking, "time", clock)  # this module's clock only, not the process's
+    monkeypatch.setattr(retry, "time", clock)  # the retries' clock only, not the process's
     return calls
 
 
@@ -111,8 +119,8 @@ def test_unreachable_store_fails_tracking_init_at_once(store_calls):
     """Refused by the reachability check, before any MLflow call and without a retry."""
     uri = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(TrackingError, match=f"{uri} is not reachable"):
-        init_tracking({"tracking_uri": uri, "experiment": "x", "request_timeout_s": 2,
-                       "retry_attempts": 5, "retry_seconds": 60})
+        init_tracking(_mlflow(tracking_uri=uri, experiment="x", request_timeout_s=2,
+                              retry_attempts=5, retry_seconds=60))
     assert store_calls == {"experiment": [], "sleep": []}
 
 
@@ -120,8 +128,8 @@ def test_unusable_sqlite_store_fails_tracking_init_at_once(tmp_path, store_calls
     (tmp_path / "folder.db").mkdir()
     uri = f"sqlite:///{tmp_path / 'folder.db'}"
     with pytest.raises(TrackingError, match="folder.db' is not a file"):
-        init_tracking({"tracking_uri": uri, "experiment": "x", "retry_attempts": 5,
-                       "retry_seconds": 60})
+        init_tracking(_mlflow(tracking_uri=uri, experiment="x", retry_attempts=5,
+                              retry_seconds=60))
     assert store_calls == {"experiment": [], "sleep": []}
 
 
@@ -130,8 +138,8 @@ def test_metric_logging_to_a_dead_store_warns_and_goes_on(monkeypatch, caplog, s
         monkeypatch.delenv(name, raising=False)  # restored after the test
     uri = f"http://127.0.0.1:{_closed_port()}"
     # the waits are recorded, not slept (store_calls): a budget far above any call's time
-    logger = RunLogger({"tracking_uri": uri, "experiment": "x", "retry_attempts": 3,
-                        "retry_seconds": 60, "request_timeout_s": 2}, run_id="0" * 32)
+    logger = RunLogger(_mlflow(tracking_uri=uri, experiment="x", retry_attempts=3,
+                               retry_seconds=60, request_timeout_s=2), run_id="0" * 32)
     with caplog.at_level(logging.WARNING, logger="spinepipe.tracking"):
         logger({"train_loss": 1.0}, 0)  # retried, then given up with a warning
         logger({"train_loss": 0.9}, 1)  # a store that failed is tried once per call
@@ -190,14 +198,15 @@ def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch)
 
     import mlflow
 
-    from spinepipe import tracking
-    from spinepipe.tracking import config_hash, create_parent_run, workflow_context
+    from spinepipe.tracking import context
+    from spinepipe.tracking.context import config_hash, workflow_context
+    from spinepipe.tracking.runs import create_parent_run
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
-           "retry_attempts": 2, "retry_seconds": 1.0}
+    cfg = _mlflow(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="spinepipe",
+                  retry_attempts=2, retry_seconds=1.0)
     init_tracking(cfg)
-    monkeypatch.setattr(tracking, "git_commit", lambda repo=None: "a" * 40)
+    monkeypatch.setattr(context, "git_commit", lambda repo=None: "a" * 40)
     config = {"seed": 1, "mlflow": cfg}
     records = {"train": {"name": "synthetic:train", "digest": "0123456789abcdef", "source": str(tmp_path),
                          "split": "train", "profile": {"studies": 4, "series": 12, "files": 300}}}
@@ -252,8 +261,8 @@ def test_runs_nest_under_the_root_run_and_name_their_rule(tmp_path, monkeypatch)
 def test_a_failed_block_closes_its_run_as_failed(tmp_path):
     import mlflow
 
-    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "x",
-           "retry_attempts": 2, "retry_seconds": 1.0}
+    cfg = _mlflow(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="x",
+                  retry_attempts=2, retry_seconds=1.0)
     init_tracking(cfg)
     with pytest.raises(ValueError), mlflow_run(cfg, "broken", {}) as logger:
         raise ValueError("training failed")
@@ -262,9 +271,9 @@ def test_a_failed_block_closes_its_run_as_failed(tmp_path):
 
 
 SIGTERMED_JOB = r"""
-import os, signal, sys, time
-from spinepipe.tracking import mlflow_run
-cfg = {"tracking_uri": sys.argv[1], "experiment": "x", "retry_attempts": 2, "retry_seconds": 1.0}
+import json, os, signal, sys, time
+from spinepipe.tracking.runs import mlflow_run
+cfg = json.loads(sys.argv[1])
 with mlflow_run(cfg, "killed", {}) as logger:
     print(logger.run_id, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends at the time limit
@@ -276,14 +285,16 @@ print("not reached", flush=True)
 def test_a_job_sent_sigterm_closes_its_run_as_failed(tmp_path):
     """Slurm's time limit, scancel or a cancelled workflow: the job still closes its run
     (FAILED) before it exits, and exits with 143 as it would have without tracking."""
+    import json
     import subprocess
     import sys
 
     import mlflow
 
-    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "x"}
+    cfg = _mlflow(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="x")
     init_tracking(cfg)
-    result = subprocess.run([sys.executable, "-c", SIGTERMED_JOB, cfg["tracking_uri"]],
+    job_cfg = {**cfg, "retry_attempts": 2, "retry_seconds": 1.0}
+    result = subprocess.run([sys.executable, "-c", SIGTERMED_JOB, json.dumps(job_cfg)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path,
                             check=False)
     assert result.returncode == 143, result.stderr[-2000:]
@@ -298,12 +309,13 @@ def test_retried_creations_leave_one_run_each_all_terminated(tmp_path, monkeypat
     one that nobody would ever close."""
     import mlflow
 
-    from spinepipe import tracking
-    from spinepipe.tracking import workflow_context
+    from spinepipe.tracking.context import workflow_context
+    from spinepipe.tracking.election import forget_root_runs
+    from spinepipe.tracking.runs import create_parent_run
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
-           "retry_attempts": 4, "retry_seconds": 3.0}
+    cfg = _mlflow(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="spinepipe",
+                  retry_attempts=4, retry_seconds=3.0)
     init_tracking(cfg)
     lost = []
 
@@ -320,14 +332,14 @@ def test_retried_creations_leave_one_run_each_all_terminated(tmp_path, monkeypat
 
     answer_lost("create_run")     # the root's creation, then
     answer_lost("set_terminated")  # the root's closing, each answered once with an error
-    tracking._CONTEXT.root_run_ids.clear()
+    forget_root_runs()  # a new job: it looks up the root in the store
     workflow_context("train_localizer", {"seed": 3})
     with mlflow_run(cfg, "localize/point/sagittal_t1/fold0", {"fold": 0}) as logger:
         logger({"loss": 1.0}, 0)
     assert lost == ["create_run", "set_terminated"]
     lost.remove("create_run")  # the job's own run: its creation answered with an error too
     workflow_context("train_parent_run", {"seed": 3})
-    parent = tracking.create_parent_run(cfg, "train/seed3", {"seed": 3})
+    parent = create_parent_run(cfg, "train/seed3", {"seed": 3})
     workflow_context(None)
     client = mlflow.MlflowClient(cfg["tracking_uri"])
     experiment = client.get_experiment_by_name("spinepipe").experiment_id
@@ -345,14 +357,14 @@ def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
     roots are deleted, so one root run stays."""
     import mlflow
 
-    from spinepipe import tracking
+    from spinepipe.tracking import election
 
     monkeypatch.chdir(tmp_path)
-    cfg = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "spinepipe",
-           "retry_attempts": 2, "retry_seconds": 1.0}
+    cfg = _mlflow(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="spinepipe",
+                  retry_attempts=2, retry_seconds=1.0)
     init_tracking(cfg)
     barrier = threading.Barrier(3)
-    real_roots = tracking._roots
+    real_roots = election._roots
     first_look: set[int] = set()
 
     def racing_roots(uri, experiment_id, key):
@@ -362,12 +374,12 @@ def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
             barrier.wait(timeout=30)
         return found
 
-    monkeypatch.setattr(tracking, "_roots", racing_roots)
+    monkeypatch.setattr(election, "_roots", racing_roots)
     chosen: list[str] = []
 
     def job():
-        tracking._CONTEXT.root_run_ids.clear()
-        chosen.append(tracking.root_run_id(cfg["tracking_uri"], "spinepipe", "feedbeef"))
+        election.forget_root_runs()  # each a job of its own
+        chosen.append(election.root_run_id(cfg["tracking_uri"], "spinepipe", "feedbeef"))
 
     threads = [threading.Thread(target=job) for _ in range(3)]
     for t in threads:
@@ -384,7 +396,7 @@ def test_parallel_jobs_agree_on_one_root_run(tmp_path, monkeypatch):
 def test_git_commit_of_this_checkout(tmp_path):
     import subprocess
 
-    from spinepipe.tracking import REPO_DIR, git_commit
+    from spinepipe.tracking.context import REPO_DIR, git_commit
 
     expected = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()

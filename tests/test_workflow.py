@@ -16,7 +16,7 @@ from conftest import REPO, TINY, make_config
 from workflow_runs import planned_jobs, snakemake
 
 from spinepipe import checkpoints
-from spinepipe.classify.end_to_end import check_no_leak
+from spinepipe.classify.held_out import check_no_leak
 from spinepipe.dataset import read_labels
 from spinepipe.metric import labels_to_long
 from spinepipe.synth.layout import shard_indices, study_ids
@@ -227,7 +227,7 @@ def test_mlflow_runs_form_one_tree_per_configuration(workflow_run):
     roots = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_name for r in roots] == ["pipeline"], [r.info.run_name for r in roots]
     root = roots[0]
-    from spinepipe.tracking import config_hash
+    from spinepipe.tracking.context import config_hash
 
     assert root.data.tags["spinepipe.config_hash"] == config_hash(make_config())
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,

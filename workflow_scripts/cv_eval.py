@@ -12,7 +12,8 @@ import polars as pl
 from spinepipe.classify.end_to_end import evaluate_cv
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import flatten, mlflow_run, workflow_context
+from spinepipe.tracking.context import workflow_context
+from spinepipe.tracking.runs import flatten, mlflow_run
 
 setup_logging(snakemake.log[0])
 cfg = snakemake.params.cfg

@@ -11,7 +11,8 @@ import polars as pl
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
 from spinepipe.metric import prior_predictions, score
-from spinepipe.tracking import flatten, mlflow_run, workflow_context
+from spinepipe.tracking.context import workflow_context
+from spinepipe.tracking.runs import flatten, mlflow_run
 
 # cv_oof.json's figures that go beside the test scores (the rest stays in evaluate/cv/seed*)
 CV_HEADLINE = ("cv_score", "cv_score_annotated_points", "localization_cost", "prior_score",

@@ -7,7 +7,8 @@ import polars as pl
 
 from spinepipe.localize.evaluate import evaluate_localization
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import flatten, mlflow_run, workflow_context
+from spinepipe.tracking.context import workflow_context
+from spinepipe.tracking.runs import flatten, mlflow_run
 from spinepipe.xref import stack_geometries
 
 setup_logging(snakemake.log[0])

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from spinepipe.classify.end_to_end import predict_held_out
+from spinepipe.classify.held_out import predict_held_out
 from spinepipe.devices import resolve_device
 from spinepipe.logs import setup_logging
 

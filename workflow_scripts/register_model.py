@@ -8,13 +8,10 @@ from pathlib import Path
 
 from spinepipe.bundle.registry import log_bundle
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import (
-    RetryPolicy,
-    TrackingError,
-    call_with_retry,
-    mlflow_run,
-    workflow_context,
-)
+from spinepipe.tracking.context import workflow_context
+from spinepipe.tracking.retry import RetryPolicy, call_with_retry
+from spinepipe.tracking.runs import mlflow_run
+from spinepipe.tracking.store import TrackingError
 
 setup_logging(snakemake.log[0])
 workflow_context(snakemake.rule, snakemake.config)

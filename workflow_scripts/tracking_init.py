@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import init_tracking
+from spinepipe.tracking.store import init_tracking
 
 setup_logging(snakemake.log[0])
 experiment_id = init_tracking(snakemake.params.tracking)

@@ -6,7 +6,7 @@ import polars as pl
 from spinepipe.dataset import read_coordinates
 from spinepipe.localize.pipeline import train_fold
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import workflow_context
+from spinepipe.tracking.context import workflow_context
 
 setup_logging(snakemake.log[0])
 workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets, {"train": "training"})

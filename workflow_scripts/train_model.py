@@ -8,7 +8,7 @@ from spinepipe.classify.mlflow_model import FOLD_MODEL_INFERENCE, log_model
 from spinepipe.classify.pipeline import train_fold
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import workflow_context
+from spinepipe.tracking.context import workflow_context
 
 setup_logging(snakemake.log[0])
 index = pl.read_parquet(snakemake.input.index)

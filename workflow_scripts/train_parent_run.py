@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from spinepipe.logs import setup_logging
-from spinepipe.tracking import create_parent_run, workflow_context
+from spinepipe.tracking.context import workflow_context
+from spinepipe.tracking.runs import create_parent_run
 
 setup_logging(snakemake.log[0])
 workflow_context(snakemake.rule, snakemake.config, snakemake.input.datasets,

@@ -44,7 +44,7 @@ def _crop_pixels(view_name: str, errors: dict[str, Any], key: str, crop_cfg: dic
 def resolve_jitter(family: str, train_cfg: dict[str, Any], crop_cfg: dict[str, Any],
                    errors: dict[str, Any]) -> dict[str, int]:
     """``{"point_jitter": pixels, "slice_jitter": slices}`` for ``family``'s training."""
-    key = f"q{round(float(train_cfg.get('jitter_quantile', 0.8)) * 100)}"
+    key = f"q{round(float(train_cfg['jitter_quantile']) * 100)}"
     views = [v for side_views in FAMILY_INPUTS[family].values() for v in side_views]
     resolved: dict[str, int] = {}
     point, slices = train_cfg["point_jitter"], train_cfg["slice_jitter"]

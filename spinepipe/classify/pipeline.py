@@ -33,7 +33,7 @@ from spinepipe.constants import split_row_id
 from spinepipe.devices import autocast_dtype, precision_name, resolve_device
 from spinepipe.metric import labels_to_long
 from spinepipe.seeding import seed_everything
-from spinepipe.tracking import log_artifact, mlflow_run
+from spinepipe.tracking.runs import log_artifact, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                "no_view": sum(not s.usable for s in train) if cfg["skip_missing"] else 0}
     train = [s for s in train if (s.target >= 0).any() and (s.usable or not cfg["skip_missing"])]
     val = [s for s in samples if s.study_id in held_out]
-    share = float(cfg.get("predicted_point_share", 0.0))
+    share = float(cfg["predicted_point_share"])
     with_twin = 0
     if share > 0 and predicted_index is not None:
         # a held-out study's predicted crops never reach training: only the train samples get twins
@@ -98,7 +98,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
              with_twin, 100 * share, len(val), jitter)
     fold_seed = seed + 1000 * fold + sum(map(ord, family))
     data_cfg = crop_cfg | jitter | {"predicted_point_share": share,
-                                    "view_dropout": float(cfg.get("view_dropout", 0.0))}
+                                    "view_dropout": float(cfg["view_dropout"])}
     augment = build_augment(cfg["augment"])
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)

@@ -115,3 +115,14 @@ class SliceModel(nn.Module):
         b, s, h, w = stack.shape
         features = self.encoder(stack.reshape(b * s, 1, h, w)).view(b, s, -1)
         return self.head(self.rnn(features)[0])
+
+
+def build_localizer(kind: str, backbone: str, n_outputs: int, weights: str | None = None) -> PointModel | SliceModel:
+    """The ``kind`` (point | slice) model with ``n_outputs`` points or slice targets: the one
+    factory for training (``weights``: its starting weights, "" or None from scratch) and for
+    rebuilding a checkpoint (its weights then come from the checkpoint)."""
+    if kind == "point":
+        return PointModel(backbone, n_outputs, weights or None)
+    if kind == "slice":
+        return SliceModel(backbone, n_outputs, weights=weights or None)
+    raise ValueError(f"unknown localizer kind {kind!r}; expected point or slice")

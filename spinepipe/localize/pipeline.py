@@ -16,7 +16,7 @@ from spinepipe.localize.samples import POINTS_PER_TASK, SLICE_TARGETS, point_sam
 from spinepipe.localize.settings import point_epochs
 from spinepipe.localize.stacks import StackCache
 from spinepipe.localize.training import save_checkpoint, train_point_model, train_slice_model
-from spinepipe.tracking import mlflow_run
+from spinepipe.tracking.runs import mlflow_run
 from spinepipe.xref import stack_geometries
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def train_fold(kind: str, task: str, fold: int, *, coordinates: pl.DataFrame, st
              len(train), len(val))
     precision = precision_name(autocast_dtype(resolve_device(cfg["device"], "localize.device"),
                                               cfg["precision"], "localize.precision"))
-    start_weights = weights_provenance(model_cfg.get("weights"))
+    start_weights = weights_provenance(model_cfg["weights"])
     params = {"kind": kind, "task": task, "fold": fold, "n_train": len(train), "n_val": len(val),
               "resolved_precision": precision, "start_weights": start_weights or FROM_SCRATCH,
               **{f"model.{k}": v for k, v in model_cfg.items()}}

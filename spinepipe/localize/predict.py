@@ -11,14 +11,10 @@ import polars as pl
 import torch
 
 from spinepipe.checkpoints import load as load_checkpoint
-from spinepipe.localize.inference import (
-    TASKS,
-    FoldModels,
-    StudyLocalizer,
-    load_localizer,
-    localize_split,
-)
+from spinepipe.localize.inference import FoldModels, load_localizer
+from spinepipe.localize.settings import TASKS
 from spinepipe.localize.stacks import StackCache
+from spinepipe.localize.study import StudyLocalizer, localize_split
 from spinepipe.xref import slice_reader, stack_geometries
 
 log = logging.getLogger(__name__)

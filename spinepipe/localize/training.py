@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from spinepipe import checkpoints
 from spinepipe.devices import autocast, autocast_dtype, grad_scaler, resolve_device
-from spinepipe.localize.models import PointModel, SliceModel, local_soft_argmax
+from spinepipe.localize.models import PointModel, SliceModel, build_localizer, local_soft_argmax
 from spinepipe.localize.samples import PointSample, SliceSample
 from spinepipe.seeding import seed_everything
 
@@ -23,14 +23,15 @@ log = logging.getLogger(__name__)
 CPU = torch.device("cpu")  # default device of the evaluation helpers
 
 
-def _augmenter(cfg: dict[str, Any]) -> A.Compose:
+def point_augmenter(cfg: dict[str, Any]) -> A.Compose:
+    """The point model's training augmentation (``point_model.augment`` with the seed)."""
     return A.Compose(
         [A.Affine(translate_percent=(-cfg["shift"], cfg["shift"]), scale=(1 - cfg["scale"], 1 + cfg["scale"]),
                   rotate=(-cfg["rotate"], cfg["rotate"]), p=0.9),
          A.RandomBrightnessContrast(0.15, 0.15, p=0.7),
          A.RandomGamma((80, 120), p=0.5)],
         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-        seed=cfg.get("seed", 0),
+        seed=cfg["seed"],
     )
 
 
@@ -115,8 +116,8 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
                       cfg: dict[str, Any], logger=None) -> tuple[PointModel, dict[str, float]]:
     seed_everything(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
-    device = resolve_device(cfg.get("device", "cpu"), "localize.device")
-    model = PointModel(cfg["backbone"], n_points, cfg.get("weights") or None).to(device)
+    device = resolve_device(cfg["device"], "localize.device")
+    model = build_localizer("point", cfg["backbone"], n_points, cfg["weights"]).to(device)
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     amp = autocast_dtype(device, cfg["precision"], "localize.precision")
@@ -125,7 +126,7 @@ def train_point_model(train: list[PointSample], val: list[PointSample], n_points
     batch_size = cfg["batch_size"]
     steps = math.ceil(len(epoch_draw(train, cfg["neighbour_sampling"], np.random.default_rng(0))) / batch_size)
     scheduler = _schedule(optimizer, cfg["epochs"], steps)
-    augment = _augmenter(cfg["augment"] | {"seed": cfg["seed"]})
+    augment = point_augmenter(cfg["augment"] | {"seed": cfg["seed"]})
     metrics: dict[str, float] = {}
     for epoch in range(cfg["epochs"]):
         model.train()
@@ -190,10 +191,10 @@ def evaluate_slices(model: SliceModel, samples: list[SliceSample],
 def train_slice_model(train: list[SliceSample], val: list[SliceSample], n_targets: int,
                       cfg: dict[str, Any], logger=None) -> tuple[SliceModel, dict[str, float]]:
     seed_everything(cfg["seed"])
-    device = resolve_device(cfg.get("device", "cpu"), "localize.device")
+    device = resolve_device(cfg["device"], "localize.device")
     amp = autocast_dtype(device, cfg["precision"], "localize.precision")
     scaler = grad_scaler(device, amp)
-    model = SliceModel(cfg["backbone"], n_targets, weights=cfg.get("weights") or None).to(device)
+    model = build_localizer("slice", cfg["backbone"], n_targets, cfg["weights"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = _schedule(optimizer, cfg["epochs"], len(train))
     metrics: dict[str, float] = {}
