@@ -12,6 +12,8 @@ from spinepipe.bundle.manifest import (
     resolve_bundle,
 )
 from spinepipe.code_inputs import import_closure
+from spinepipe.constants import FAMILIES
+from spinepipe.crops.views import FAMILY_INPUTS
 from spinepipe.dataset import DatasetError, read_series_descriptions
 from spinepipe.localize import settings as localize_settings
 from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS, shard_indices
@@ -214,6 +216,11 @@ LOCALIZE_TASKS = list(localize_settings.TASKS)
 # foraminal 80 s)
 LOCALIZER_PRIORITY = {"sagittal_t1": 3, "sagittal_t2": 2, "axial_t2": 1}
 SEVERITY_PRIORITY = {"all": 3, "subarticular": 2, "spinal": 1, "foraminal": 1}
+
+# wildcard patterns of the condition families and of every severity model (the families and
+# the all-series comparison model)
+FAMILY_PATTERN = "|".join(FAMILIES)
+MODEL_FAMILY_PATTERN = "|".join(FAMILY_INPUTS)
 
 
 def localizer_priority(wildcards):

@@ -14,7 +14,7 @@ rule predict_test:
     benchmark:
         "results/benchmarks/predict/{family}_fold{fold}.tsv"
     wildcard_constraints:
-        family="spinal|foraminal|subarticular|all",
+        family=MODEL_FAMILY_PATTERN,
         fold=r"\d+",
     conda:
         "../envs/pipeline.yaml"

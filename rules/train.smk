@@ -60,7 +60,7 @@ rule train_model:
     benchmark:
         "results/benchmarks/train/{family}_fold{fold}.tsv"
     wildcard_constraints:
-        family="spinal|foraminal|subarticular|all",
+        family=MODEL_FAMILY_PATTERN,
         fold=r"\d+",
     priority: severity_priority
     conda:
@@ -94,7 +94,7 @@ rule predict_oof:
     benchmark:
         "results/benchmarks/predict_oof/{family}_fold{fold}.tsv"
     wildcard_constraints:
-        family="spinal|foraminal|subarticular",
+        family=FAMILY_PATTERN,
         fold=r"\d+",
     conda:
         "../envs/pipeline.yaml"

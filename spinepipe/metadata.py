@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,9 @@ import pydicom
 from tqdm import tqdm
 
 from spinepipe.code_inputs import code_digest
-from spinepipe.constants import AXIAL_T2, SERIES_DESCRIPTIONS
+from spinepipe.constants import SERIES_DESCRIPTIONS
 from spinepipe.geometry import slice_normal
+from spinepipe.parquet_cache import read_cached, write_cached
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ PIXEL_DATA = 0x7FE00010
 DEFLATED = "1.2.840.10008.1.2.1.99"
 # Direction cosines: each within this of unit length, and their dot product within this of 0.
 DIRECTION_TOLERANCE = 1e-2
-# Statuses of a file that the pipeline does not use (``ok`` is the only usable one).
-BAD_STATUSES = ("unreadable", "truncated", "no_pixels", "no_geometry", "bad_geometry",
-                "bad_header")
 
 INSTANCE_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.Int64, "series_id": pl.Int64, "instance_number": pl.Int64,
@@ -256,36 +253,6 @@ def _study_fingerprint(study_dir: Path, files: list[Path]) -> str:
     return json.dumps([CODE_FINGERPRINT, str(study_dir.absolute()), stats])
 
 
-def _read_cache(cache: Path, fingerprint: str) -> pl.DataFrame | None:
-    """The cached rows when the entry is intact, current and of the current schema."""
-    if not cache.is_file():
-        return None
-    try:
-        if pl.read_parquet_metadata(cache).get("fingerprint") != fingerprint:
-            return None
-        cached = pl.read_parquet(cache)
-    except Exception as error:  # a truncated or foreign file: parse again
-        log.warning("metadata cache %s is unreadable (%s): parsing the study again", cache,
-                    f"{type(error).__name__}: {error}"[:200])
-        return None
-    if dict(cached.schema) != INSTANCE_SCHEMA:
-        log.warning("metadata cache %s has another schema: parsing the study again", cache)
-        return None
-    return cached
-
-
-def _write_cache(frame: pl.DataFrame, cache: Path, fingerprint: str) -> None:
-    """Atomic: a job killed while writing leaves a temporary file, never a broken entry."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    try:
-        frame.write_parquet(tmp, metadata={"fingerprint": fingerprint})
-        os.replace(tmp, cache)
-    except OSError as error:  # the cache is an optimisation: never fail the parse for it
-        log.warning("metadata cache %s not written (%s)", cache, error)
-        tmp.unlink(missing_ok=True)
-
-
 def parse_study(study_dir: Path, series_ids: Iterable[int], cache_dir: Path | None) -> pl.DataFrame:
     """Instance rows of one study (listed series only), reusing the cache when unchanged."""
     study_id = int(study_dir.name)
@@ -293,12 +260,12 @@ def parse_study(study_dir: Path, series_ids: Iterable[int], cache_dir: Path | No
     files = sorted(p for s in series_ids for p in (study_dir / str(s)).glob("*.dcm"))
     fingerprint = _study_fingerprint(study_dir, files)
     cache = cache_dir / f"{study_id}.parquet" if cache_dir else None
-    if cache is not None and (cached := _read_cache(cache, fingerprint)) is not None:
+    if cache is not None and (cached := read_cached(cache, fingerprint, INSTANCE_SCHEMA)) is not None:
         return cached
     rows = [read_instance_header(p, study_id, int(p.parent.name)) for p in files]
     frame = assign_instance_keys(pl.DataFrame(rows, schema=INSTANCE_SCHEMA))
     if cache is not None:
-        _write_cache(frame, cache, fingerprint)
+        write_cached(frame, cache, fingerprint)
     return frame
 
 
@@ -442,10 +409,6 @@ def summarize_series(instances: pl.DataFrame, series_table: pl.DataFrame) -> pl.
         frame = by_series.get((study_id, series_id), instances.clear())
         rows.append(summarize_one_series(study_id, series_id, description, frame))
     return pl.DataFrame(rows, schema=SERIES_SCHEMA)
-
-
-def axial_series(series: pl.DataFrame) -> pl.DataFrame:
-    return series.filter((pl.col("series_description") == AXIAL_T2) & pl.col("geometry_ok"))
 
 
 def parse_shard(image_root: Path, split: str, series_table: pl.DataFrame,

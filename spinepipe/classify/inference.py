@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from spinepipe.classify.data import CropDataset, family_samples
 from spinepipe.classify.fold_model import LOGITS, load_model, predictions_frame
-from spinepipe.constants import CONDITION_FAMILY, SUBMISSION_COLUMNS, split_row_id
+from spinepipe.constants import CONDITION_FAMILY, FAMILIES, SUBMISSION_COLUMNS, split_row_id
 from spinepipe.crops.views import FAMILY_INPUTS, VIEWS
 from spinepipe.metric import priors_for_rows
 
@@ -150,7 +150,7 @@ def assemble_submission(sample_submission: pl.DataFrame, ensembled: pl.DataFrame
 
 
 FAMILY_DESCRIPTIONS = {family: {VIEWS[v].series_description for views in FAMILY_INPUTS[family].values()
-                                for v in views} for family in ("spinal", "foraminal", "subarticular")}
+                                for v in views} for family in FAMILIES}
 ALL_DESCRIPTIONS = set().union(*FAMILY_DESCRIPTIONS.values())
 
 
@@ -191,7 +191,7 @@ def _missing_views(crop_index: pl.DataFrame) -> dict[tuple[int, str, str, str], 
     status = {(r["study_id"], r["level"], r["view"]): r["status"] for r in crop_index.iter_rows(named=True)}
     out: dict[tuple[int, str, str, str], list[str]] = {}
     for study_id, level in {(s, lv) for s, lv, _ in status}:
-        for family in ("spinal", "foraminal", "subarticular"):
+        for family in FAMILIES:
             for side, views in FAMILY_INPUTS[family].items():
                 out[(study_id, level, family, side)] = [
                     f"{v} ({status.get((study_id, level, v), 'absent')})" for v in views

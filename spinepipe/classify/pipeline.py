@@ -64,6 +64,46 @@ def _data_digest(index: pl.DataFrame, predicted_index: pl.DataFrame | None,
     return digest.hexdigest()
 
 
+def _fingerprint(*parts: Any) -> str:
+    """sha256 of ``parts`` as sorted-key JSON (anything else as its string)."""
+    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fold_samples(family: str, fold: int, index: pl.DataFrame, labels: pl.DataFrame, folds: pl.DataFrame,
+                  skip_missing: bool) -> tuple[list, list, dict[str, int]]:
+    """``family``'s training samples (every fold but ``fold``; none without a label, nor, with
+    ``skip_missing``, without a usable view), its validation samples (``fold``) and how many
+    training samples were skipped for each reason."""
+    samples = family_samples(family, index, label_targets(labels_to_long(labels)))
+    held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())
+    train = [s for s in samples if s.study_id not in held_out]
+    skipped = {"no_label": sum((s.target < 0).all() for s in train),
+               "no_view": sum(not s.usable for s in train) if skip_missing else 0}
+    train = [s for s in train if (s.target >= 0).any() and (s.usable or not skip_missing)]
+    return train, [s for s in samples if s.study_id in held_out], skipped
+
+
+def _log_fold_artifacts(settings: dict[str, Any], history: list[dict], val: list, logits: np.ndarray,
+                        val_targets: np.ndarray) -> None:
+    """The fold run's artifacts: its settings, loss curves and one confusion matrix per
+    condition (a shared sided model split by side)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "config.yaml").write_text(yaml.safe_dump(settings))
+        plot_history(history, folder / "loss_curves.png")
+        predicted = logits.argmax(-1)
+        matrices: dict[str, np.ndarray] = {}
+        for i, sample in enumerate(val):
+            for k, row_id in enumerate(sample.row_ids):
+                _, condition, _ = split_row_id(row_id)
+                matrices.setdefault(condition, np.zeros((3, 3), dtype=np.int64))
+                matrices[condition] += confusion(val_targets[i:i + 1, k], predicted[i:i + 1, k])
+        if matrices:
+            plot_confusions(matrices, folder / "confusion_matrices.png")
+        for path in folder.iterdir():
+            log_artifact(path)
+
+
 def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFrame,
                folds: pl.DataFrame, crop_cfg: dict[str, Any], cfg: dict[str, Any], seed: int,
                tracking: dict[str, Any], parent_run_id: str | None, out_model: Path,
@@ -79,14 +119,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     """
     torch.set_num_threads(max(threads, 1))
     device = resolve_device(cfg["device"], "train.device")
-    targets = label_targets(labels_to_long(labels))
-    samples = family_samples(family, index, targets)
-    held_out = set(folds.filter(pl.col("fold") == fold)["study_id"].to_list())
-    train = [s for s in samples if s.study_id not in held_out]
-    skipped = {"no_label": sum((s.target < 0).all() for s in train),
-               "no_view": sum(not s.usable for s in train) if cfg["skip_missing"] else 0}
-    train = [s for s in train if (s.target >= 0).any() and (s.usable or not cfg["skip_missing"])]
-    val = [s for s in samples if s.study_id in held_out]
+    train, val, skipped = _fold_samples(family, fold, index, labels, folds, cfg["skip_missing"])
     share = float(cfg["predicted_point_share"])
     with_twin = 0
     if share > 0 and predicted_index is not None:
@@ -108,10 +141,10 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
     # what a resumed state must share with this job: settings, starting weights, data (crop
     # rows, labels, the crop arrays' identity) and the code, so a killed job edited or fed new
     # crops restarts
-    fingerprint = hashlib.sha256(json.dumps(
-        [family, fold, seed, cfg, crop_cfg, jitter, with_twin, sorted(s.study_id for s in train),
-         _data_digest(index, predicted_index, labels), code_digest(Path(__file__)), start_weights],
-        sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = _fingerprint(family, fold, seed, cfg, crop_cfg, jitter, with_twin,
+                               sorted(s.study_id for s in train),
+                               _data_digest(index, predicted_index, labels), code_digest(Path(__file__)),
+                               start_weights)
     params = {"family": family, "fold": fold, "n_train": len(train), "n_val": len(val),
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
               "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
@@ -143,22 +176,8 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
                                    "train_studies": sorted({s.study_id for s in train})}}, out_model)
         predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
         log_metrics(summary, None)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "config.yaml").write_text(yaml.safe_dump({"train": cfg, "crops": crop_cfg,
-                                                                "family": family, "fold": fold}))
-            plot_history(history, folder / "loss_curves.png")
-            predicted = logits.argmax(-1)
-            matrices = {}  # one per condition: a shared sided model is split by side
-            for i, sample in enumerate(val):
-                for k, row_id in enumerate(sample.row_ids):
-                    _, condition, _ = split_row_id(row_id)
-                    matrices.setdefault(condition, np.zeros((3, 3), dtype=np.int64))
-                    matrices[condition] += confusion(val_targets[i:i + 1, k], predicted[i:i + 1, k])
-            if matrices:
-                plot_confusions(matrices, folder / "confusion_matrices.png")
-            for path in folder.iterdir():
-                log_artifact(path)
+        _log_fold_artifacts({"train": cfg, "crops": crop_cfg, "family": family, "fold": fold}, history,
+                            val, logits, val_targets)
         if model_logger is not None and log_metrics.run_id is not None:
             # the fold model as an MLflow model of this run (best effort, as every write)
             log_metrics.attempt("model", model_logger, log_metrics.run_id)

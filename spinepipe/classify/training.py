@@ -118,6 +118,72 @@ def _gpu_figures(device: torch.device) -> dict[str, float]:
     return figures
 
 
+def _resume(checkpoint: Path, fingerprint: str, model: SeverityModel, optimizer, scheduler,
+            scaler) -> tuple[int, list[dict], dict[str, Any]]:
+    """(first epoch to train, history, best) from ``checkpoint`` when it holds this
+    configuration's state (model, optimizer, schedule, scaler and RNG restored), else afresh."""
+    fresh: tuple[int, list[dict], dict[str, Any]] = (0, [], {"score": float("inf"), "epoch": -1, "state": None})
+    if not checkpoint.exists():
+        return fresh
+    state = checkpoints.load(checkpoint)  # on the CPU: the RNG state must stay there
+    if state.get("fingerprint") != fingerprint:
+        log.info("%s belongs to another configuration; starting afresh", checkpoint)
+        return fresh
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    checkpoints.set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
+    log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+    return state["epoch"] + 1, state["history"], state["best"]
+
+
+def _epoch_batches(loader: DataLoader, train: CropDataset, seed: int,
+                   epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The training batches of ``epoch``: its shuffle and jitter derive from (seed, epoch), so a
+    resumed run replays exactly the epochs an uninterrupted one would have. With workers,
+    they start loading its first batches as soon as this returns."""
+    loader.generator.manual_seed(seed + epoch)
+    train.rng = np.random.default_rng(seed + epoch)
+    if train.augment is not None and hasattr(train.augment, "set_random_seed"):
+        train.augment.set_random_seed(seed + epoch)
+    return iter(loader)
+
+
+def _train_epoch(model: SeverityModel, batches: Iterator[dict[str, torch.Tensor]], optimizer, scheduler,
+                 scaler, class_weights: torch.Tensor, cfg: dict[str, Any], device: torch.device,
+                 amp: torch.dtype | None) -> dict[str, float]:
+    """One pass over ``batches``: mean loss, throughput and the share of the time spent
+    waiting for data."""
+    model.train()
+    started = time.perf_counter()
+    waiting, losses, seen = 0.0, [], 0
+    mark = time.perf_counter()
+    for batch in batches:
+        waiting += time.perf_counter() - mark
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(images, batch["mask"].to(device))
+        loss = severity_loss(out, batch["target"].to(device), batch["level"].to(device),
+                             class_weights, cfg["aux_weight"])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg["grad_clip"]:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        seen += images.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        mark = time.perf_counter()
+    elapsed = time.perf_counter() - started
+    return {"train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_seconds": elapsed,
+            "samples_per_second": seen / max(elapsed, 1e-9), "data_wait_share": waiting / max(elapsed, 1e-9)}
+
+
 def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[str, Any], *,
         device: torch.device, seed: int, checkpoint: Path, fingerprint: str,
         metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
@@ -143,68 +209,21 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg["warmup_epochs"] * steps, cfg["epochs"] * steps))
     scaler = grad_scaler(device, amp)
-    start, history, best = 0, [], {"score": float("inf"), "epoch": -1, "state": None}
-    if checkpoint.exists():
-        state = checkpoints.load(checkpoint)  # on the CPU: the RNG state must stay there
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start, history, best = state["epoch"] + 1, state["history"], state["best"]
-            checkpoints.set_rng_state(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
-            log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
-        else:
-            log.info("%s belongs to another configuration; starting afresh", checkpoint)
-
-    def start_epoch(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        # every epoch's shuffle and jitter derive from (seed, epoch): a resumed run replays
-        # exactly the epochs an uninterrupted one would have
-        train_loader.generator.manual_seed(seed + epoch)
-        train.rng = np.random.default_rng(seed + epoch)
-        if train.augment is not None and hasattr(train.augment, "set_random_seed"):
-            train.augment.set_random_seed(seed + epoch)
-        return iter(train_loader)  # with workers, they start loading its first batches now
-
-    batches = start_epoch(start) if start < cfg["epochs"] else iter(())
+    start, history, best = _resume(checkpoint, fingerprint, model, optimizer, scheduler, scaler)
+    batches = _epoch_batches(train_loader, train, seed, start) if start < cfg["epochs"] else iter(())
     for epoch in range(start, cfg["epochs"]):
-        model.train()
-        started = time.perf_counter()
-        waiting, losses, seen = 0.0, [], 0
-        mark = time.perf_counter()
-        for batch in batches:
-            waiting += time.perf_counter() - mark
-            images = batch["image"].to(device, non_blocking=True)
-            with autocast(device, amp):
-                out = model(images, batch["mask"].to(device))
-            loss = severity_loss(out, batch["target"].to(device), batch["level"].to(device),
-                                 class_weights, cfg["aux_weight"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            seen += images.shape[0]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            mark = time.perf_counter()
-        elapsed = time.perf_counter() - started
+        figures = _train_epoch(model, batches, optimizer, scheduler, scaler, class_weights, cfg, device, amp)
         if epoch + 1 < cfg["epochs"]:
             # the next epoch's first batches load while this one validates: on a GPU an
             # epoch of a few batches would otherwise wait for its first batch every time
-            batches = start_epoch(epoch + 1)
+            batches = _epoch_batches(train_loader, train, seed, epoch + 1)
         logits, targets, _ = predict(model, val_loader, device, amp)
         probs = torch.from_numpy(logits).softmax(-1).numpy()
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        record = {"epoch": epoch, "train_loss": figures["train_loss"],
                   "val_loss": weighted_log_loss_from_logits(logits, targets, np_weights),
                   "lr": optimizer.param_groups[0]["lr"],
                   "prob_std": float(probs.std(axis=0).mean()) if len(probs) else float("nan"),
-                  "epoch_seconds": elapsed, "samples_per_second": seen / max(elapsed, 1e-9),
-                  "data_wait_share": waiting / max(elapsed, 1e-9),
+                  **{k: figures[k] for k in ("epoch_seconds", "samples_per_second", "data_wait_share")},
                   "peak_memory_mb": _peak_memory_mb(device), **_gpu_figures(device)}
         if metric is not None and len(logits):
             record["val_metric"] = metric(logits, targets)

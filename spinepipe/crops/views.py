@@ -84,4 +84,3 @@ FAMILY_INPUTS: dict[str, dict[str, tuple[str, ...]]] = {
     "subarticular": {"left": ("axial_left", "sag_t2_left"), "right": ("axial_right", "sag_t2_right")},
     "all": {"center": ("sag_t1_left", "sag_t2_canal", "sag_t1_right", "axial_canal")},
 }
-MODEL_FAMILIES: tuple[str, ...] = tuple(FAMILY_INPUTS)

@@ -11,17 +11,14 @@ import numpy as np
 import polars as pl
 
 from spinepipe.constants import (
-    AXIAL_T2,
     CONDITION_NAMES,
     LEVEL_NAMES,
     LEVELS,
-    SAGITTAL_T1,
-    SAGITTAL_T2,
 )
+from spinepipe.localize.settings import TASK_SERIES
 from spinepipe.localize.stacks import StackCache
 
 LEVEL_INDEX = {LEVEL_NAMES[lv]: i for i, lv in enumerate(LEVELS)}
-TASK_SERIES = {"sagittal_t2": SAGITTAL_T2, "sagittal_t1": SAGITTAL_T1, "axial_t2": AXIAL_T2}
 TASK_OF = {description: task for task, description in TASK_SERIES.items()}  # series description -> task
 TASK_CONDITIONS = {
     "sagittal_t2": {CONDITION_NAMES["spinal_canal_stenosis"]: None},

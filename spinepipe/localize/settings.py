@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-TASKS = ("sagittal_t2", "sagittal_t1", "axial_t2")
+from spinepipe.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+
+# each localization task and the series type it reads
+TASK_SERIES = {"sagittal_t2": SAGITTAL_T2, "sagittal_t1": SAGITTAL_T1, "axial_t2": AXIAL_T2}
+TASKS = tuple(TASK_SERIES)
 KINDS = ("point", "slice")
 
 

@@ -62,6 +62,21 @@ class Pathology:
     hydration: NDArray[np.float64] = field(default_factory=lambda: np.ones(N_DISCS))
 
 
+@dataclass(frozen=True)
+class _Where:
+    """Where each point being classified lies: spine-frame coordinates (u lateral, v
+    anterior-posterior, along the spine, y the curved centreline's), its nearest disc, the
+    distance from it along the spine and that disc's half height."""
+
+    u: NDArray
+    v: NDArray
+    along: NDArray
+    y: NDArray
+    disc: NDArray
+    dz: NDArray
+    half: NDArray
+
+
 @dataclass
 class SpineAnatomy:
     """One study's phantom: shape parameters, placement and pathology."""
@@ -147,18 +162,25 @@ class SpineAnatomy:
 
     # --- tissue model --------------------------------------------------------------------
     def classify(self, points: NDArray[np.float64]) -> tuple[NDArray[np.uint8], NDArray]:
-        """Tissue label of each patient point (N, 3), and the disc hydration there."""
+        """Tissue label of each patient point (N, 3), and the disc hydration there. Tissues
+        are painted in order, each over what the ones before it left."""
         u, v, along, y = self.to_spine_frame(points)
         n = len(u)
         tissue = np.zeros(n, dtype=np.uint8)
         dz_all = along[:, None] - self.disc_along[None, :]
         disc = np.argmin(np.abs(dz_all), axis=1)
-        dz = dz_all[np.arange(n), disc]
-        half = self.disc_height[disc] / 2.0
-        path = self.pathology
-        hydration = path.hydration[disc]
+        where = _Where(u, v, along, y, disc, dz_all[np.arange(n), disc], self.disc_height[disc] / 2.0)
+        self._paint_outline(tissue, where)
+        self._paint_posterior_elements(tissue, where)
+        self._paint_bodies_and_discs(tissue, where)
+        self._paint_foramina(tissue, where)
+        self._paint_canal(tissue, where)
+        self._paint_recesses(tissue, where)
+        return tissue, self.pathology.hydration[disc]
 
-        # body outline and subcutaneous fat: straight, around the mid-lumbar centreline
+    def _paint_outline(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """Body outline and subcutaneous fat (straight, around the mid-lumbar centreline), the back muscles and the psoas."""
+        u, v, along, y = p.u, p.v, p.along, p.y
         half_width, anterior, posterior = self.body_outline
         mid = (posterior - anterior) / 2.0
         ap_half = (posterior + anterior) / 2.0
@@ -175,14 +197,22 @@ class SpineAnatomy:
         psoas = ((np.abs(u) - rbx - 14) / 13) ** 2 + (v / 17) ** 2 < 1.0
         tissue[psoas & (along < self.disc_along[3])] = Tissue.MUSCLE
 
-        # posterior elements: pedicles, laminae, spinous process
+    def _paint_posterior_elements(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """Pedicles, laminae and the spinous process."""
+        u, v, dz, half = p.u, p.v, p.dz, p.half
+        rbx, rby = self.body_radii
+        rcu, rcv = self.canal_radii
+        vc = self.canal_offset
         posterior_ring = (v > rby - 2) & (v < vc + rcv + 7) & (np.abs(u) < rcu + 9)
         tissue[posterior_ring] = Tissue.MARROW
         spinous = (np.abs(u) < 4) & (v >= vc + rcv + 7) & (v < vc + rcv + 35)
         tissue[spinous] = np.where(np.abs(dz[spinous]) < half[spinous] + 2,
                                    Tissue.LIGAMENT, Tissue.MARROW)
 
-        # vertebral bodies, sacrum and discs
+    def _paint_bodies_and_discs(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """Vertebral bodies, sacrum and discs."""
+        u, v, along, dz, half = p.u, p.v, p.along, p.dz, p.half
+        rbx, rby = self.body_radii
         body = (u / rbx) ** 2 + (v / rby) ** 2
         in_body = (body < 1.0) & (along < self.disc_along[-1] + 30)
         in_disc = in_body & (np.abs(dz) < half)
@@ -192,7 +222,11 @@ class SpineAnatomy:
         tissue[in_disc] = Tissue.ANNULUS
         tissue[in_disc & (body < 0.45)] = Tissue.NUCLEUS
 
-        # neural foramina (fat around the exiting root), one per side and disc
+    def _paint_foramina(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """Neural foramina (fat around the exiting root), one per side and disc."""
+        u, v, disc, dz = p.u, p.v, p.disc, p.dz
+        vc = self.canal_offset
+        path = self.pathology
         fv, fz = self.foramen_radii
         for side, sign in enumerate((1.0, -1.0)):
             lateral = np.abs(sign * u - self.foramen_offset) < 6.0
@@ -205,7 +239,12 @@ class SpineAnatomy:
             root = ((v - vc + 0.25 * fv) / 2.0) ** 2 + ((dz - 0.35 * fz) / 2.0) ** 2 < 1.0
             tissue[lateral & root & full] = Tissue.NERVE
 
-        # spinal canal: CSF pinched from the front (disc) and back (flavum) at stenotic levels
+    def _paint_canal(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """The spinal canal: CSF pinched from the front (disc) and back (flavum) at stenotic levels."""
+        u, v, disc, dz, half = p.u, p.v, p.disc, p.dz, p.half
+        rcu, rcv = self.canal_radii
+        vc = self.canal_offset
+        path = self.pathology
         ellipse = (u / rcu) ** 2 + ((v - vc) / rcv) ** 2
         width = half + 5.0
         bump = np.where(np.abs(dz) < width, np.cos(0.5 * np.pi * dz / width) ** 2, 0.0)
@@ -220,7 +259,11 @@ class SpineAnatomy:
         tissue[canal & (v > back)] = Tissue.LIGAMENT
         tissue[canal & (v >= front) & (v <= back)] = Tissue.CSF
 
-        # lateral (subarticular) recesses at the disc level, filled in by stenosis
+    def _paint_recesses(self, tissue: NDArray[np.uint8], p: _Where) -> None:
+        """The lateral (subarticular) recesses at the disc level, filled in by stenosis."""
+        u, v, disc, dz, half = p.u, p.v, p.disc, p.dz, p.half
+        vc = self.canal_offset
+        path = self.pathology
         for side, sign in enumerate((1.0, -1.0)):
             frac = path.subarticular[side][disc]
             du = sign * u - self.recess_offset
@@ -232,7 +275,6 @@ class SpineAnatomy:
                                     + ((v - vc) / (3.8 * shrink)) ** 2 < 1.0)
             tissue[open_recess] = Tissue.CSF
             tissue[recess & ((du / 1.4) ** 2 + ((v - vc) / 1.4) ** 2 < 1.0)] = Tissue.NERVE
-        return tissue, hydration
 
 
 def random_anatomy(rng: np.random.Generator, pathology: Pathology) -> SpineAnatomy:

@@ -24,6 +24,7 @@ from spinepipe.constants import (
     CONDITION_FAMILY,
     CONDITION_SIDE,
     CONDITIONS,
+    FAMILIES,
     FAMILY_SERIES,
     LEVEL_NAMES,
     LEVELS,
@@ -127,7 +128,7 @@ def learnability_check(dataset_dir: Path) -> dict[str, Any]:
                  for c in CONDITIONS for lv in LEVELS]
     prior = prior_predictions(train_labels, test_rows)
     predicted = []
-    for family in ("spinal", "foraminal", "subarticular"):
+    for family in FAMILIES:
         fit = train.filter((pl.col("family") == family) & pl.col("target").is_not_null())
         apply = test.filter(pl.col("family") == family)
         if fit.height == 0 or apply.height == 0:
