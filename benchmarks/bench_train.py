@@ -114,24 +114,32 @@ def train_samples(family: str, crop_index: pl.DataFrame, labels_csv: Path) -> li
 
 
 def loader_rate(dataset: CropDataset, batch_size: int, workers: int, prefetch_factor: int,
-                epochs: int) -> tuple[float, float]:
-    """Samples/s of the DataLoader alone and the seconds to an epoch's first batch: medians
-    over the passes after the first (which starts the persistent workers), or the only pass."""
+                epochs: int, validation_s: float) -> tuple[float, float, float]:
+    """Samples/s of the DataLoader alone and the seconds to an epoch's first batch, when the
+    epoch's iterator is made after validation (the wait a training loop sees if it starts the
+    next epoch only then) and when it is made before ``validation_s`` seconds of validation
+    (what ``fit`` does): medians over the passes after the first (which starts the persistent
+    workers), or the only pass."""
     loader = make_loader(dataset, batch_size, True, workers, seed=0, prefetch_factor=prefetch_factor)
-    rates, firsts = [], []
-    for _ in range(epochs):
+    rates, firsts, overlapped = [], [], []
+    for epoch in range(epochs):
+        early = epoch % 2 == 1  # alternate: iterator made before or after the validation pause
+        batches = iter(loader) if early else None
+        time.sleep(validation_s)
         start, seen, first = time.perf_counter(), 0, None
-        for batch in loader:
+        for batch in batches if early else loader:
             first = first if first is not None else time.perf_counter() - start
             seen += batch["image"].shape[0]
         rates.append(seen / max(time.perf_counter() - start, 1e-9))
-        firsts.append(first or 0.0)
+        (overlapped if early else firsts).append(first or 0.0)
     del loader  # stops the workers before the next measurement starts its own
-    return statistics.median(rates[1:] or rates), statistics.median(firsts[1:] or firsts)
+    return (statistics.median(rates[1:] or rates), statistics.median(firsts[1:] or firsts),
+            statistics.median(overlapped) if overlapped else float("nan"))
 
 
 def print_loader(family: str, n_samples: int, crops_cfg: dict[str, Any], workers: int,
-                 prefetch_factor: int, rate: float, first: float, consume: float) -> None:
+                 prefetch_factor: int, rate: float, first: float, overlapped: float, validation_s: float,
+                 consume: float) -> None:
     """The loader's rate against a consumption of ``consume`` samples/s: the workers that
     would keep up, and the wait for each epoch's first batch that no worker count removes
     (an epoch of these samples is ``n_samples / consume`` s of model time)."""
@@ -143,7 +151,9 @@ def print_loader(family: str, n_samples: int, crops_cfg: dict[str, Any], workers
           f"{workers} workers, prefetch {prefetch_factor}): {rate:.0f} samples/s = {per_worker:.0f} per worker; "
           f"{rate / consume:.2f}x a consumption of {consume:.0f} samples/s, which needs about {needed} workers; "
           f"first batch of an epoch after {1000 * first:.0f} ms = "
-          f"{100 * first / (first + model_seconds):.0f}% data wait on an epoch of these samples at that rate")
+          f"{100 * first / (first + model_seconds):.0f}% data wait on an epoch of these samples at that rate; "
+          f"started before {1000 * validation_s:.0f} ms of validation (fit's order): after {1000 * overlapped:.0f} ms "
+          f"= {100 * overlapped / (overlapped + model_seconds):.0f}%")
 
 
 def print_training(family: str, n_samples: int, cfg: dict[str, Any], size: int, run_cfg: dict[str, Any],
@@ -181,10 +191,12 @@ def main() -> None:
         data = config["crops"] | resolve_jitter(args.family, cfg, config["crops"], errors)
         for workers in args.workers:
             dataset = CropDataset(samples, data, train=True, augment=build_augment(cfg["augment"]))
-            rate, first = loader_rate(dataset, cfg["batch_size"], workers, cfg["prefetch_factor"],
-                                      args.loader_epochs)
+            # an epoch's validation: with 3 folds, half as many samples as it trains on, at the consumption rate
+            validation_s = len(samples) / 2 / args.consume
+            rate, first, overlapped = loader_rate(dataset, cfg["batch_size"], workers, cfg["prefetch_factor"],
+                                                  args.loader_epochs, validation_s)
             print_loader(args.family, len(samples), config["crops"], workers, cfg["prefetch_factor"],
-                         rate, first, args.consume)
+                         rate, first, overlapped, validation_s, args.consume)
         if args.loader_only:
             return
         for workers, precision, layout in itertools.product(args.workers, args.precision, args.layout):
