@@ -120,13 +120,13 @@ def check_augment(config: Mapping[str, Any]) -> list[str]:
     from spinepipe.localize.training import point_augmenter
 
     problems = []
-    train, crops = config.get("train", {}), config.get("crops", {})
-    families = list(train.get("families", [])) + (["all"] if train.get("all_series_model") else [])
-    slices = 2 * crops.get("slices", 0) + 1
+    train, crops = config["train"], config["crops"]
+    families = list(train["families"]) + (["all"] if train["all_series_model"] else [])
+    slices = 2 * crops["slices"] + 1
     channels = sorted({n_views(f) * slices for f in families}) or [slices]
-    size = crops.get("size", 32)
+    size = crops["size"]
     rng = np.random.default_rng(0)
-    for i, spec in enumerate(train.get("augment") or []):
+    for i, spec in enumerate(train["augment"] or []):
         where = f"train.augment[{i}]"
         try:
             transform = build_transform(spec, where)
@@ -145,8 +145,8 @@ def check_augment(config: Mapping[str, Any]) -> list[str]:
                 problems.append(f"  {where} ({spec.get('name')}): turns a {stack.shape} crop stack "
                                 f"into {out.shape}")
                 break
-    point = config.get("localize", {}).get("point_model", {})
-    if "augment" in point:
+    point = config["localize"]["point_model"]
+    if point["augment"]:
         try:
             point_augmenter(dict(point["augment"]) | {"seed": 0})
         except Exception as error:  # noqa: BLE001 - reported with the key
@@ -219,11 +219,11 @@ def check_data_dir(config: Mapping[str, Any], workdir: Path) -> list[str]:
     """A configured competition folder passes the dataset checks (file, line, problem)."""
     from spinepipe.dataset import DatasetError, validate_dataset, validate_predict_folder
 
-    data_dir = config.get("data_dir") or ""
+    data_dir = config["data_dir"]
     if not data_dir:
         return []  # the synthetic dataset is generated and checked by the workflow
     try:
-        if config.get("predict", {}).get("bundle"):
+        if config["predict"]["bundle"]:
             validate_predict_folder(_resolve(data_dir, workdir))
         else:
             validate_dataset(_resolve(data_dir, workdir))
@@ -254,11 +254,11 @@ def model_stack_key(config: Mapping[str, Any], workdir: Path | None = None) -> s
     from spinepipe.code_inputs import code_digest
 
     workdir = Path.cwd() if workdir is None else workdir
-    train, crops = config.get("train", {}), config.get("crops", {})
+    train, crops = config["train"], config["crops"]
     settings = {"backbones": sorted(_find(config, "backbone")),
-                "train": {k: train.get(k) for k in ("families", "all_series_model", "augment")},
-                "crops": {k: crops.get(k) for k in ("slices", "size")},
-                "point_augment": config.get("localize", {}).get("point_model", {}).get("augment"),
+                "train": {k: train[k] for k in ("families", "all_series_model", "augment")},
+                "crops": {k: crops[k] for k in ("slices", "size")},
+                "point_augment": config["localize"]["point_model"]["augment"],
                 "weights": {key: _file_identity(value, workdir)
                             for key, _, value in _weights_settings(config)}}
     versions = {}
@@ -305,7 +305,7 @@ def preflight(config: Mapping[str, Any], workdir: Path | None = None) -> None:
     """Run every check; raise ConfigError listing all problems, each naming its key."""
     workdir = Path.cwd() if workdir is None else workdir
     problems = [*check_weights(config, workdir),
-                *check_tracking(config.get("mlflow", {}), workdir),
+                *check_tracking(config["mlflow"], workdir),
                 *check_data_dir(config, workdir),
                 *check_model_stack(config, workdir)]
     if problems:
