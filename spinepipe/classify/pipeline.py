@@ -168,11 +168,10 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
         checkpoints.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                           "meta": {"family": family, "fold": fold, "crops": crop_cfg, "train": cfg,
                                    "history": history, **summary, "jitter": jitter,
-                                   "precision": params["resolved_precision"],
-                                   "start_weights": start_weights,
+                                   "precision": params["resolved_precision"], "start_weights": start_weights,
                                    "n_predicted_twins": with_twin,
                                    # the studies it learnt from: predict_oof checks that none
-                                   # of them is graded by it (spinepipe.classify.end_to_end)
+                                   # of them is graded by it (spinepipe.classify.held_out)
                                    "train_studies": sorted({s.study_id for s in train})}}, out_model)
         predictions_frame(val, logits, family, fold).write_parquet(out_predictions)
         log_metrics(summary, None)
