@@ -175,6 +175,18 @@ def _viterbi(score: NDArray, points: NDArray, low: float, high: float) -> NDArra
     return np.array(choice[::-1], dtype=np.int64)
 
 
+def spine_axis(points: NDArray) -> tuple[NDArray, NDArray, float] | None:
+    """The spine's direction through five level points (K, 3) in level order (unit vector
+    from the first to the last), each point's position along it and the median step between
+    consecutive levels; None when the direction is undefined."""
+    axis = points[-1] - points[0]
+    if not np.all(np.isfinite(axis)) or np.linalg.norm(axis) == 0:
+        return None
+    axis = axis / np.linalg.norm(axis)
+    along = points @ axis
+    return axis, along, float(np.median(np.diff(along)))
+
+
 def realign_to_reference(prob: torch.Tensor, frames: MapFrames, uv: NDArray, reference: NDArray,
                          ratio: Sequence[float] = DECODE_DEFAULTS["spacing_ratio"],
                          radius: int = DECODE_DEFAULTS["radius"]) -> tuple[NDArray, list[int]]:
@@ -192,12 +204,10 @@ def realign_to_reference(prob: torch.Tensor, frames: MapFrames, uv: NDArray, ref
     not make the source's steps plausible, or a band its heatmap gives no support
     (``MIN_MASS``). Returns the new ``uv`` and the levels moved."""
     uv = np.array(uv, dtype=np.float64)
-    axis = reference[-1] - reference[0]
-    if not np.all(np.isfinite(axis)) or np.linalg.norm(axis) == 0:
+    frame = spine_axis(reference)
+    if frame is None:
         return uv, []
-    axis = axis / np.linalg.norm(axis)
-    ref_along = reference @ axis
-    spacing = float(np.median(np.diff(ref_along)))
+    axis, ref_along, spacing = frame
 
     def plausible(along: NDArray) -> bool:
         steps = np.diff(along) / spacing

@@ -23,6 +23,7 @@ from spinepipe.localize.decode import (
     DECODE_DEFAULTS,
     MapFrames,
     decode_levels,
+    spine_axis,
 )
 from spinepipe.localize.models import PointModel, SliceModel, build_localizer, local_soft_argmax
 from spinepipe.localize.samples import (
@@ -246,13 +247,10 @@ def canal_level_shift(canal: np.ndarray, left: np.ndarray, right: np.ndarray) ->
     compared along the spine (the foramina's L1/L2 -> L5/S1 direction), in units of their
     median level spacing.
     """
-    middle = (left + right) / 2.0
-    axis = middle[-1] - middle[0]
-    if not np.all(np.isfinite(axis)) or np.linalg.norm(axis) == 0:
+    frame = spine_axis((left + right) / 2.0)
+    if frame is None:
         return 0
-    axis = axis / np.linalg.norm(axis)
-    along = middle @ axis
-    spacing = float(np.median(np.diff(along)))
+    axis, along, spacing = frame
     if spacing <= 0 or np.any(np.abs((left - right) @ axis) > 0.5 * spacing):
         return 0
     offsets = (canal @ axis - along) / spacing
