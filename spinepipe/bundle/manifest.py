@@ -14,6 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from spinepipe.localize.settings import INFERENCE_ONLY
+
 log = logging.getLogger(__name__)
 
 # Bumped whenever a bundle written before could be read wrongly by this code (model classes,
@@ -25,10 +27,9 @@ REGISTRY_PREFIX = "models:/"
 REGISTERED_BUNDLE_PATH = Path("artifacts") / "bundle"
 
 
-# the localization settings the inference stages read (stacks, slice and point choice)
-LOCALIZE_INFERENCE_KEYS = ("image_size", "slice_image_size", "axial_crop", "slice_method",
-                           "foramen_refine_slices", "foramen_realign", "canal_slice_from_axial", "axial_refine_slices",
-                           "decode")
+# the localization settings the inference stages read (stacks, slice and point choice): the
+# input sizes and slice method the models were trained with, and the settings read only there
+LOCALIZE_INFERENCE_KEYS = ("image_size", "slice_image_size", "axial_crop", "slice_method", *INFERENCE_ONLY)
 
 
 def inference_settings(config: dict[str, Any]) -> dict[str, Any]:
