@@ -1,7 +1,8 @@
 """Does the CV predict the test score? Prints, for finished runs, the end-to-end CV, the
 classifier-only CV on annotated points and the test score as mean +/- sd over the training
-seeds (results/eval/seeds.json, or one seed's cv.json), the per-seed gap test - CV, and the
-localization targets (results/eval/localization.json).
+seeds (results/eval/seeds.json, or one seed's cv.json), the per-seed gap test - CV, on
+synthetic data each split's prior, Bayes floor and the share of the gap between them closed,
+and the localization targets (results/eval/localization.json).
 
     python benchmarks/cv_gap.py RUN_DIR[=LABEL] ...
 
@@ -28,18 +29,23 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +/- {statistics.stdev(values):.3f}"
 
 
+FIGURES = ("cv_score", "cv_score_annotated_points", "test_score", "gap_closed", "test_gap_closed")
+# the same for every seed of a run: read from the master seed's cv.json
+SPLIT_FIGURES = ("prior_score", "floor_score", "test_prior_score", "test_floor_score")
+
+
 def run_figures(results: Path) -> dict[str, list[float]]:
     """Per-seed values of the headline figures, and the per-seed gap test - end-to-end CV."""
     seeds_file, cv_file = results / "eval" / "seeds.json", results / "eval" / "cv.json"
     if seeds_file.exists():
         figures = json.loads(seeds_file.read_text())["figures"]
-        per_seed = {name: figures.get(name, {}).get("values", {})
-                    for name in ("cv_score", "cv_score_annotated_points", "test_score")}
+        per_seed = {name: figures.get(name, {}).get("values", {}) for name in FIGURES}
     else:
         cv = json.loads(cv_file.read_text())
-        per_seed = {name: {"master": cv.get(name)}
-                    for name in ("cv_score", "cv_score_annotated_points", "test_score")}
+        per_seed = {name: {"master": cv.get(name)} for name in FIGURES}
     out = {name: [float(v) for v in values.values() if v is not None] for name, values in per_seed.items()}
+    cv = json.loads(cv_file.read_text())
+    out |= {name: [float(cv[name])] for name in SPLIT_FIGURES if cv.get(name) is not None}
     out["gap"] = [float(per_seed["test_score"][s]) - float(per_seed["cv_score"][s])
                   for s in per_seed["cv_score"]
                   if per_seed["cv_score"].get(s) is not None and per_seed["test_score"].get(s) is not None]
@@ -75,6 +81,11 @@ def main() -> None:
         print(f"{label or directory:<22} {len(figures['cv_score']):>2}  {_spread(figures['cv_score']):>16}  "
               f"{_spread(figures['cv_score_annotated_points']):>16}  {_spread(figures['test_score']):>16}  "
               f"{_spread(figures['gap']):>16}")
+        if figures.get("floor_score"):
+            print(f"{'':<22} CV: prior {_spread(figures['prior_score'])}, floor "
+                  f"{_spread(figures['floor_score'])}, gap closed {_spread(figures['gap_closed'])}; "
+                  f"test: prior {_spread(figures['test_prior_score'])}, floor "
+                  f"{_spread(figures['test_floor_score'])}, gap closed {_spread(figures['test_gap_closed'])}")
         print(f"{'':<22} localization (test; gross out of fold): {localization_line(results)}")
 
 

@@ -71,6 +71,7 @@ rule cv_report:
         submission="results/submission.csv",
         labels=dataset_file("train.csv"),
         test_labels=[str(SYNTHETIC_DIR / "test_labels.csv")] if SYNTHETIC else [],
+        truth=[str(SYNTHETIC_DIR / "grade_probabilities.csv")] if SYNTHETIC else [],
         parent="results/train/parent_run.json",
         datasets="results/tracking/datasets_test.json",
         code=script_code("cv_report"),

@@ -32,7 +32,7 @@ TARGETS = ["results/dataset/summary.json", "results/synthetic/learnability.json"
            "results/metadata/axial_xref.parquet", "results/eval/geometry.json"]
 CSVS = ["train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv",
         "test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv",
-        "level_centers.csv", "quirks.csv"]
+        "level_centers.csv", "quirks.csv", "grade_probabilities.csv"]
 NOTHING = "Nothing to be done"
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,8 @@ def _cv(score, annotated, test=None, spinal=None):
           "cv_terms": {"spinal": spinal if spinal is not None else score, "foraminal": 0.2},
           "per_level": {"l1_l2": 0.1}, "n_rows": 1200}
     if test is not None:
-        cv.update(test_score=test, test_prior_score=1.16, test_terms={"spinal": test})
+        cv.update(test_score=test, test_prior_score=1.16, test_terms={"spinal": test},
+                  test_floor_score=0.3, test_gap_closed=(1.16 - test) / (1.16 - 0.3))
     return cv
 
 
@@ -43,8 +44,10 @@ def test_summary_gives_mean_sample_sd_min_max_and_values_per_seed():
     assert summary["figures"]["test_score"]["sd"] == pytest.approx(0.02)
     assert summary["figures"]["cv_terms.foraminal"]["sd"] == pytest.approx(0.0)
     assert summary["figures"]["test_terms.spinal"]["n"] == 3
-    # neither the prior (the same for every seed) nor the per-level breakdown is summarized
-    assert not {"prior_score", "test_prior_score", "per_level.l1_l2", "n_rows"} & summary["figures"].keys()
+    assert summary["figures"]["test_gap_closed"]["mean"] == pytest.approx((1.16 - 0.27) / 0.86)
+    # neither the prior nor the floor (the same for every seed), nor the per-level breakdown
+    assert not ({"prior_score", "test_prior_score", "test_floor_score", "per_level.l1_l2", "n_rows"}
+                & summary["figures"].keys())
     json.dumps(summary, allow_nan=False)  # plain JSON: string keys, no NaN
     line = summary_line(summary)
     assert "3 seeds" in line and "cv_score 0.3200 +/- 0.0200" in line and "(n=3)" in line

@@ -1,4 +1,5 @@
-"""Label sampling follows the configured priors; the generator is deterministic."""
+"""Severities and the reader's grades follow the configured priors; the reader's noise changes
+labels and never an image; the generator is deterministic."""
 
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ import pytest
 from conftest import make_config
 
 from spinepipe.constants import CONDITION_FAMILY, LEVELS
-from spinepipe.synth.generate import generate_dataset
-from spinepipe.synth.labels import sample_labels
+from spinepipe.synth.generate import generate_dataset, generate_study
+from spinepipe.synth.labels import (
+    grade_probabilities,
+    narrowing_fraction,
+    read_grades,
+    reader_cuts,
+    sample_true_severities,
+)
 from spinepipe.synth.layout import study_ids
 
 
-def _draw(priors, correlation: float, n: int, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
+def _draw(priors, correlation: float, n: int, seed: int = 0,
+          noise: float = 0.3) -> dict[tuple[str, str], np.ndarray]:
     rng = np.random.default_rng(seed)
-    draws = [sample_labels(priors, correlation, rng) for _ in range(n)]
+    draws = [read_grades(sample_true_severities(correlation, rng), priors, noise, rng)
+             for _ in range(n)]
     return {key: np.array([d[key] for d in draws]) for key in draws[0]}
 
 
@@ -27,7 +36,7 @@ def _draw(priors, correlation: float, n: int, seed: int = 0) -> dict[tuple[str, 
 def test_labels_follow_configured_priors():
     priors = make_config()["synthetic"]["priors"]
     n = 20_000
-    draws = _draw(priors, 0.5, n)
+    draws = _draw(priors, 0.5, n, noise=0.6)  # the reader's cuts keep the prior at any noise
     for (condition, level), values in draws.items():
         expected = np.array(priors[CONDITION_FAMILY[condition]][level])
         observed = np.bincount(values, minlength=3) / n
@@ -109,3 +118,45 @@ def test_a_different_seed_gives_different_data(tiny_dataset, tmp_path):
     for (_, my_pixels), (_, their_pixels) in zip(mine, theirs):
         assert my_pixels and their_pixels
         assert not set(my_pixels) & set(their_pixels)  # no slice drawn twice
+
+
+def test_grade_probabilities_are_the_readers_call_frequencies():
+    """P(grade | z) from the probit equals the frequencies of many readers' calls on one z,
+    for a borderline structure (two readers would disagree) and a clear one."""
+    prior, noise = [0.6, 0.25, 0.15], 0.4
+    cuts = reader_cuts(prior, noise)
+    rng = np.random.default_rng(1)
+    for z in (cuts[0] + 0.05, cuts[1] + 1.5):
+        calls = [read_grades({("spinal_canal_stenosis", "l4_l5"): z},
+                             {"spinal": {"l4_l5": prior}}, noise, rng)[("spinal_canal_stenosis", "l4_l5")]
+                 for _ in range(4000)]
+        observed = np.bincount(calls, minlength=3) / len(calls)
+        np.testing.assert_allclose(observed, grade_probabilities([z], cuts, noise)[0], atol=0.025)
+    borderline = grade_probabilities([cuts[0]], cuts, noise)[0]
+    assert 0.45 < borderline[0] < 0.55  # a coin toss between Normal/Mild and Moderate
+    np.testing.assert_array_equal(grade_probabilities([cuts[0] + 0.01, cuts[1] + 0.01], cuts, 0.0),
+                                  [[0, 1, 0], [0, 0, 1]])
+
+
+def test_narrowing_rises_with_true_severity_across_the_band_edges():
+    prior = [0.6, 0.25, 0.15]
+    z = np.linspace(-3, 3, 61)
+    shown = np.array([narrowing_fraction(v, prior) for v in z])
+    assert np.all(np.diff(shown) > 0) and 0 <= shown[0] < 0.05 and 0.85 < shown[-1] <= 0.9
+    edges = reader_cuts(prior, 0.0)
+    np.testing.assert_allclose([narrowing_fraction(e, prior) for e in edges], [0.325, 0.65])
+
+
+def test_reader_noise_changes_labels_and_no_image(tmp_path):
+    """The same study (seed, split, index) generated with the reader's noise on and off: every
+    DICOM file and every point identical, the labels not."""
+    syn = make_config()["synthetic"]
+    tables = {}
+    for noise in (0.0, 0.8):
+        root = tmp_path / str(noise)
+        tables[noise] = generate_study(syn | {"reader_noise": noise}, 11, "train", 0, 123, root)
+    assert _digest(tmp_path / "0.0") == _digest(tmp_path / "0.8")
+    assert tables[0.0].coordinates == tables[0.8].coordinates
+    assert [r["true_severity"] for r in tables[0.0].severities] == \
+        [r["true_severity"] for r in tables[0.8].severities]
+    assert tables[0.0].labels != tables[0.8].labels

@@ -97,6 +97,12 @@ def test_damaged_test_studies_still_get_a_complete_submission(workflow_run):
     cv = json.loads((results / "eval" / "cv.json").read_text())
     assert {"cv_score", "prior_score", "test_score", "test_prior_score"} <= cv.keys()
     assert all(np.isfinite([cv["cv_score"], cv["prior_score"], cv["test_score"]]))
+    # each split's Bayes floor (from the true severities) and the share of the gap closed
+    for split in ("", "test_"):
+        floor, prior = cv[f"{split}floor_score"], cv[f"{split}prior_score"]
+        assert 0 < floor < prior, split
+        score = cv["cv_score" if not split else "test_score"]
+        assert cv[f"{split}gap_closed"] == pytest.approx((prior - score) / (prior - floor)), split
     assert (results / "eval" / "confusion_matrices.png").stat().st_size > 0
     assert len(list((results / "train" / "models").glob("*.pt"))) == 3 * TINY["folds"]["n"]
     # resume checkpoints serve killed jobs only: finished jobs leave none behind

@@ -23,9 +23,11 @@ import numpy as np
 
 # Single figures of cv.json (spinepipe.classify.end_to_end.evaluate_cv, then cv_report):
 # the end-to-end CV (the headline), the classifier-only CV on annotated points, the CV before
-# temperature scaling, their difference, the test score (synthetic data only).
+# temperature scaling, their difference, the test score; on synthetic data also the share of
+# the gap between the prior and the Bayes floor each score closes (the prior and the floor
+# themselves are the same for every seed).
 HEADLINE_FIGURES = ("cv_score", "cv_score_annotated_points", "cv_score_uncalibrated",
-                    "localization_cost", "test_score")
+                    "localization_cost", "test_score", "gap_closed", "test_gap_closed")
 # Mappings of cv.json whose every term is summarized as "group.term": the metric's terms
 # (spinal, foraminal, subarticular, any_severe_spinal) end to end, on annotated points and on
 # test, and the end-to-end score per condition.

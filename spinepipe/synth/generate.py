@@ -39,7 +39,13 @@ from spinepipe.constants import (
 )
 from spinepipe.synth.anatomy import SpineAnatomy, random_anatomy
 from spinepipe.synth.dicom_writer import build_dataset, write_dataset
-from spinepipe.synth.labels import pathology_from_labels, sample_labels
+from spinepipe.synth.labels import (
+    READER_STREAM,
+    pathology_from_severities,
+    read_grades,
+    sample_true_severities,
+    severity_table,
+)
 from spinepipe.synth.layout import (
     SPLITS,
     shard_indices,
@@ -63,6 +69,9 @@ CENTER_SCHEMA = {"study_id": pl.Int64, "level": pl.String, "x_mm": pl.Float64,
                  "lateral_y": pl.Float64, "lateral_z": pl.Float64,
                  "foramen_offset_mm": pl.Float64, "recess_offset_mm": pl.Float64}
 LABEL_SCHEMA = {"study_id": pl.Int64, **{c: pl.String for c in LABEL_COLUMNS}}
+SEVERITY_SCHEMA = {"study_id": pl.Int64, "condition": pl.String, "level": pl.String,
+                   "true_severity": pl.Float64, "narrowing": pl.Float64,
+                   "p_normal_mild": pl.Float64, "p_moderate": pl.Float64, "p_severe": pl.Float64}
 QUIRK_SCHEMA = {"study_id": pl.Int64, "series_id": pl.Int64, "series_description": pl.String,
                 "quirk": pl.String}
 
@@ -76,6 +85,7 @@ class StudyTables:
     series: list[dict[str, Any]] = field(default_factory=list)
     centers: list[dict[str, Any]] = field(default_factory=list)
     quirks: list[dict[str, Any]] = field(default_factory=list)
+    severities: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _annotate(plan: SeriesPlan, point: np.ndarray) -> tuple[int, float, float, float]:
@@ -107,13 +117,24 @@ def _write_series(plan: SeriesPlan, anatomy: SpineAnatomy, study_id: int, series
         write_dataset(ds, folder / str(plan.series_id) / f"{number}.dcm")
 
 
+def study_grading(syn: dict[str, Any], seed: int, split: str, index: int
+                  ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int], np.random.Generator]:
+    """A study's true severities, its reader's grades, and the study's random stream, which
+    goes on to draw the anatomy and the images."""
+    rng = study_rng(seed, split, index)
+    severities = sample_true_severities(syn["label_correlation"], rng)
+    # the reader draws from its own stream: its noise changes labels, never an image
+    labels = read_grades(severities, syn["priors"], syn["reader_noise"],
+                         study_rng(seed, split, index, stream=READER_STREAM))
+    return severities, labels, rng
+
+
 def generate_study(syn: dict[str, Any], seed: int, split: str, index: int, study_id: int,
                    image_root: Path) -> StudyTables:
     """Render and write one study; return its table rows."""
     quirks = syn["quirks"]
-    rng = study_rng(seed, split, index)
-    labels = sample_labels(syn["priors"], syn["label_correlation"], rng)
-    anatomy = random_anatomy(rng, pathology_from_labels(labels, rng))
+    severities, labels, rng = study_grading(syn, seed, split, index)
+    anatomy = random_anatomy(rng, pathology_from_severities(severities, syn["priors"], rng))
     feet_first = bool(rng.random() < quirks["feet_first"])
     series_ids = sorted({int(i) for i in rng.integers(10**8, 4 * 10**9, 8)})[:4]
     rng.shuffle(series_ids)
@@ -124,7 +145,9 @@ def generate_study(syn: dict[str, Any], seed: int, split: str, index: int, study
         plans = [p for p in plans if p.description != missing]
     nan_cells = {key for key in labels if rng.random() < quirks["nan_label"]}
 
-    tables = StudyTables()
+    tables = StudyTables(severities=[
+        {"study_id": study_id, **row}
+        for row in severity_table(severities, syn["priors"], syn["reader_noise"])])
     tables.labels.append({"study_id": study_id, **{
         f"{c}_{lv}": None if (c, lv) in nan_cells else SEVERITIES[labels[(c, lv)]]
         for c in CONDITIONS for lv in LEVELS}})
@@ -202,13 +225,13 @@ def generate_shard(synthetic: dict[str, Any], seed: int, split: str, indices: Se
     merged = StudyTables()
     for index in tqdm(indices, desc=f"{split} studies", unit="study", disable=None):
         tables = generate_study(synthetic, seed, split, index, ids[index], image_root)
-        for name in ("labels", "coordinates", "series", "centers", "quirks"):
+        for name in ("labels", "coordinates", "series", "centers", "quirks", "severities"):
             getattr(merged, name).extend(getattr(tables, name))
         log.info("%s study %d (index %d) written", split, ids[index], index)
     shard_dir.mkdir(parents=True, exist_ok=True)
     for name, schema in (("labels", LABEL_SCHEMA), ("coordinates", COORDINATE_SCHEMA),
                          ("series", SERIES_SCHEMA), ("centers", CENTER_SCHEMA),
-                         ("quirks", QUIRK_SCHEMA)):
+                         ("quirks", QUIRK_SCHEMA), ("severities", SEVERITY_SCHEMA)):
         pl.DataFrame(getattr(merged, name), schema=schema).write_parquet(shard_dir / f"{name}.parquet")
 
 
@@ -289,8 +312,14 @@ def merge_split(split: str, shard_dirs: list[Path], dataset_dir: Path) -> None:
 
 
 def merge_truth(train_shards: list[Path], test_shards: list[Path], dataset_dir: Path) -> None:
-    """The ground truth of both splits (``TRUTH_CSVS``): true level centres and quirks."""
+    """The ground truth of both splits (``TRUTH_CSVS``): true level centres, quirks and each
+    graded structure's true severity with the reader's ``P(grade | true severity)``."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
+    pl.concat([
+        _concat(train_shards, "severities", SEVERITY_SCHEMA).with_columns(split=pl.lit("train")),
+        _concat(test_shards, "severities", SEVERITY_SCHEMA).with_columns(split=pl.lit("test")),
+    ]).sort("split", "study_id", "condition", "level", descending=[True, False, False, False]
+            ).write_csv(dataset_dir / "grade_probabilities.csv")
     centers = pl.concat([
         _concat(train_shards, "centers", CENTER_SCHEMA).with_columns(split=pl.lit("train")),
         _concat(test_shards, "centers", CENTER_SCHEMA).with_columns(split=pl.lit("test")),

@@ -59,4 +59,4 @@ SPLIT_CSVS = {
     "train": ("train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv"),
     "test": ("test_series_descriptions.csv", "sample_submission.csv", "test_labels.csv"),
 }
-TRUTH_CSVS = ("level_centers.csv", "quirks.csv")
+TRUTH_CSVS = ("level_centers.csv", "quirks.csv", "grade_probabilities.csv")
