@@ -7,8 +7,13 @@ TRAIN_GPU = 1 if config["train"]["device"] == "cuda" else 0
 # master seed's models or evaluation, so adding one reruns none of them (params are a rerun trigger).
 TRAIN_CONFIG = {k: v for k, v in config["train"].items() if k != "seeds"}
 # What a model's training depends on: which families exist (families, all_series_model)
-# decides which jobs run, not how any one of them trains, so it stays out of the params.
-TRAIN_PARAMS = {k: v for k, v in TRAIN_CONFIG.items() if k not in ("families", "all_series_model")}
+# decides which jobs run, not how any one of them trains, and temperature scaling is fitted by
+# the evaluation (cv_eval) on trained models' logits, so these stay out of the params.
+TRAIN_PARAMS = {
+    k: v
+    for k, v in TRAIN_CONFIG.items()
+    if k not in ("families", "all_series_model", "temperature_scaling")
+}
 
 
 rule train_parent_run:

@@ -4,6 +4,8 @@ evaluation (no leak, the submission's fallbacks, both CVs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -496,3 +498,51 @@ def test_resume_fingerprint_follows_the_crop_data(tmp_path):
     stat = array.stat()
     os.utime(array, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # crops cut again
     assert _data_digest(index, None, labels) != base
+
+
+def test_each_family_trains_with_its_own_view_dropout(monkeypatch):
+    """train.view_dropout as one share per family: the spinal job's training dataset draws
+    with the spinal share (validation never drops); a plain number is every family's."""
+    import contextlib
+
+    from conftest import make_config
+
+    from spinepipe.classify import pipeline
+
+    shares = {"spinal": 0.0, "foraminal": 0.3, "subarticular": 0.6}
+    cfg = make_config()["train"] | TRAIN_CFG | {"predicted_point_share": 0.5, "view_dropout": shares}
+    jitter = {"point_jitter": 2, "slice_jitter": 1}
+    for family, share in shares.items():
+        settings = pipeline.dataset_settings(family, CROP_CFG, jitter, cfg)
+        assert settings == CROP_CFG | jitter | {"predicted_point_share": 0.5, "view_dropout": share}
+    assert pipeline.dataset_settings("all", CROP_CFG, jitter, cfg)["view_dropout"] == 0.6
+    assert pipeline.dataset_settings("spinal", CROP_CFG, jitter, cfg | {"view_dropout": 0.2})["view_dropout"] == 0.2
+
+    # and what train_fold hands its datasets (the training faked: it stops at fit)
+    class Stop(Exception):
+        pass
+
+    datasets = []
+
+    def fit(model, train, val, *args, **kwargs):
+        datasets.extend([train, val])
+        raise Stop
+
+    @contextlib.contextmanager
+    def run(tracking, name, params, **kwargs):
+        assert params["resolved_view_dropout"] == 0.1
+        yield lambda metrics, step: None
+
+    monkeypatch.setattr(pipeline, "mlflow_run", run)
+    monkeypatch.setattr(pipeline, "family_samples", lambda *a, **k: [])
+    monkeypatch.setattr(pipeline, "fit", fit)
+    labels = pl.DataFrame({"study_id": [1], **{c: ["Normal/Mild"] for c in LABEL_COLUMNS}})
+    with pytest.raises(Stop):
+        pipeline.train_fold("spinal", 0, index=pl.DataFrame({"study_id": [], "array": []}), labels=labels,
+                            folds=pl.DataFrame({"study_id": [1], "fold": [0]}), crop_cfg=CROP_CFG,
+                            cfg=cfg | {"view_dropout": {**shares, "spinal": 0.1}, "hidden": 8},
+                            seed=0, tracking={}, parent_run_id=None, out_model=Path("unused.pt"),
+                            out_predictions=Path("unused.parquet"), checkpoint=Path("unused.pt"),
+                            threads=torch.get_num_threads())
+    train, val = datasets
+    assert train.view_dropout == 0.1 and val.view_dropout == 0.0

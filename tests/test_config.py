@@ -68,7 +68,8 @@ def test_grading_with_a_bundle_needs_a_folder_of_test_studies_only(tmp_path):
 
 
 @pytest.mark.parametrize("section, key", [("train", "view_dropout"), ("train", "predicted_point_share"),
-                                          ("train", "jitter_quantile"), ("localize", "foramen_realign"),
+                                          ("train", "jitter_quantile"), ("train", "ema_decay"),
+                                          ("localize", "foramen_realign"),
                                           ("localize", "canal_slice_from_axial")])
 def test_a_config_missing_a_key_gets_the_schemas_error_not_a_default(section, key):
     """The code reads these keys without a fallback: config.yaml and the schema are their one
@@ -89,3 +90,32 @@ def test_checks_beyond_the_schema_run_in_the_one_validation(overlay, expected):
     """What the workflow used to check on its own (seeds) is in the one validation the
     workflow and the tests both call."""
     assert expected in _error(overlay)
+
+
+def test_view_dropout_is_one_share_or_one_per_family():
+    """train.view_dropout: a number for every family, or exactly the three families each
+    with a share in [0, 1]."""
+    shares = {"spinal": 0.0, "foraminal": 0.2, "subarticular": 0.25}
+    config = make_config({"train": {"view_dropout": shares}})
+    validate(config, REPO)
+    assert config["train"]["view_dropout"] == shares
+    validate(make_config({"train": {"view_dropout": 0.0}}), REPO)
+    partial = make_config()
+    partial["train"]["view_dropout"] = {"spinal": 0.0, "foraminal": 0.2}  # no subarticular
+    assert "train.view_dropout" in _error_of(partial)
+    assert "train.view_dropout" in _error({"train": {"view_dropout": shares | {"all": 0.1}}})
+    assert "train.view_dropout" in _error({"train": {"view_dropout": shares | {"spinal": 1.5}}})
+    assert "train.view_dropout" in _error({"train": {"view_dropout": 1.2}})
+
+
+def test_ema_decay_is_off_by_default_and_below_one():
+    assert make_config()["train"]["ema_decay"] == 0
+    validate(make_config({"train": {"ema_decay": 0.99}}), REPO)
+    assert "train.ema_decay" in _error({"train": {"ema_decay": 1.0}})
+    assert "train.ema_decay" in _error({"train": {"ema_decay": -0.1}})
+
+
+def _error_of(config) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(config, REPO)
+    return str(info.value)

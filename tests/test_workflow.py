@@ -641,6 +641,20 @@ def test_training_parameter_change_reruns_only_training_and_what_follows(workflo
 
 
 @pytest.mark.slow
+def test_temperature_scaling_reruns_the_evaluation_not_the_models(workflow_run):
+    """Temperatures are fitted by the evaluation on trained models' logits: switching them off
+    reruns cv_eval (and the submission after it) and trains nothing."""
+    workflow_run, _ = workflow_run
+    (workflow_run / "no_temperature.yaml").write_text(
+        yaml.safe_dump({"train": {"temperature_scaling": False}}))
+    result = snakemake(workflow_run, "--configfile", "tiny.yaml", "no_temperature.yaml", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    planned = planned_jobs(result.stdout)
+    assert not {"train_model", "train_parent_run", "predict_oof"} & planned.keys(), sorted(planned)
+    assert planned["cv_eval"] == 1 and planned["submission"] == 1, planned
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", [{"foramen_realign": False}, {"decode": {"radius": 2}}],
                          ids=["foramen_realign", "decode"])
 def test_a_localization_reading_setting_reruns_localization_not_the_localizers(workflow_run, overlay):

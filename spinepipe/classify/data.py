@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,14 @@ def attach_predicted(samples: list[Sample], predicted: list[Sample]) -> int:
     return sum(s.predicted is not None for s in samples)
 
 
+def family_view_dropout(setting: float | Mapping[str, float], family: str) -> float:
+    """``family``'s share of ``train.view_dropout``: one share for every family, or one per
+    family. The all-series comparison model reads every family's views and takes the largest."""
+    if not isinstance(setting, Mapping):
+        return float(setting)
+    return float(max(setting.values()) if family == "all" else setting[family])
+
+
 def label_targets(labels_long: pl.DataFrame) -> dict[str, int]:
     """row_id -> 0/1/2 for labelled rows (from ``metric.labels_to_long``)."""
     known = labels_long.filter(pl.col("target").is_not_null())
@@ -138,7 +147,8 @@ class CropDataset(Dataset):
     probability p: the localization errors of test time, seen in training. With
     ``view_dropout`` q, a draw of a sample with two or more cut views masks one of them out
     (zeros, all-false mask) with probability q: a missing series at test time, seen in
-    training, so the model does not meet a lone view for the first time at test.
+    training, so the model does not meet a lone view for the first time at test. Both are
+    one family's numbers (:func:`family_view_dropout` resolves a per-family setting).
     """
 
     def __init__(self, samples: list[Sample], cfg: dict[str, Any], train: bool,

@@ -22,6 +22,7 @@ from spinepipe.classify.data import (
     attach_predicted,
     build_augment,
     family_samples,
+    family_view_dropout,
     label_targets,
 )
 from spinepipe.classify.fold_model import build_model, predictions_frame
@@ -83,6 +84,15 @@ def _fold_samples(family: str, fold: int, index: pl.DataFrame, labels: pl.DataFr
     return train, [s for s in samples if s.study_id in held_out], skipped
 
 
+def dataset_settings(family: str, crop_cfg: dict[str, Any], jitter: dict[str, int],
+                     cfg: dict[str, Any]) -> dict[str, Any]:
+    """What ``family``'s CropDatasets read: the crop settings, the resolved jitter, the
+    predicted-point share and the family's view dropout (``train.view_dropout`` may give one
+    share per family)."""
+    return crop_cfg | jitter | {"predicted_point_share": float(cfg["predicted_point_share"]),
+                                "view_dropout": family_view_dropout(cfg["view_dropout"], family)}
+
+
 def _log_fold_artifacts(settings: dict[str, Any], history: list[dict], val: list, logits: np.ndarray,
                         val_targets: np.ndarray) -> None:
     """The fold run's artifacts: its settings, loss curves and one confusion matrix per
@@ -130,8 +140,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
              "%.0f%% of the time), %d validation samples; jitter %s", family, fold, len(train), skipped,
              with_twin, 100 * share, len(val), jitter)
     fold_seed = seed + 1000 * fold + sum(map(ord, family))
-    data_cfg = crop_cfg | jitter | {"predicted_point_share": share,
-                                    "view_dropout": float(cfg["view_dropout"])}
+    data_cfg = dataset_settings(family, crop_cfg, jitter, cfg)
     augment = build_augment(cfg["augment"])
     train_set = CropDataset(train, data_cfg, train=True, augment=augment, seed=fold_seed)
     val_set = CropDataset(val, data_cfg, train=False)
@@ -149,6 +158,7 @@ def train_fold(family: str, fold: int, *, index: pl.DataFrame, labels: pl.DataFr
               "skipped_no_label": skipped["no_label"], "skipped_no_view": skipped["no_view"],
               "n_predicted_twins": with_twin, "resolved_point_jitter": jitter["point_jitter"],
               "resolved_slice_jitter": jitter["slice_jitter"],
+              "resolved_view_dropout": data_cfg["view_dropout"],
               "resolved_precision": precision_name(autocast_dtype(device, cfg["precision"], "train.precision")),
               "start_weights": start_weights or FROM_SCRATCH, "train": cfg, "crops": crop_cfg}
     class_weights = np.asarray(cfg["class_weights"], dtype=np.float64)

@@ -1,6 +1,7 @@
 """The training loop of a severity model: weighted cross-entropy, AdamW with warm-up and
-cosine decay, gradient clipping, mixed precision on GPU, checkpoint selection, resume, and
-the per-epoch figures MLflow records (losses, metric, prediction spread, system figures)."""
+cosine decay, gradient clipping, mixed precision on GPU, checkpoint selection (optionally on
+a moving average of the weights), resume, and the per-epoch figures MLflow records (losses,
+metric, prediction spread, system figures)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,8 +21,18 @@ from torch.utils.data import DataLoader
 from spinepipe import checkpoints
 from spinepipe.classify.data import CropDataset
 from spinepipe.classify.models import SeverityModel
+from spinepipe.classify.weight_averaging import (
+    ema_state,
+    evaluated_model,
+    make_ema,
+    restore_ema,
+    resumable,
+)
 from spinepipe.devices import autocast, autocast_dtype, grad_scaler
 from spinepipe.seeding import seed_everything
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +130,10 @@ def _gpu_figures(device: torch.device) -> dict[str, float]:
 
 
 def _resume(checkpoint: Path, fingerprint: str, model: SeverityModel, optimizer, scheduler,
-            scaler) -> tuple[int, list[dict], dict[str, Any]]:
+            scaler, ema: ModelEmaV3 | None = None) -> tuple[int, list[dict], dict[str, Any]]:
     """(first epoch to train, history, best) from ``checkpoint`` when it holds this
-    configuration's state (model, optimizer, schedule, scaler and RNG restored), else afresh."""
+    configuration's state (model, optimizer, schedule, scaler, weight average and RNG
+    restored), else afresh."""
     fresh: tuple[int, list[dict], dict[str, Any]] = (0, [], {"score": float("inf"), "epoch": -1, "state": None})
     if not checkpoint.exists():
         return fresh
@@ -129,7 +141,12 @@ def _resume(checkpoint: Path, fingerprint: str, model: SeverityModel, optimizer,
     if state.get("fingerprint") != fingerprint:
         log.info("%s belongs to another configuration; starting afresh", checkpoint)
         return fresh
+    if not resumable(state, ema):  # its best epoch was chosen on other weights
+        log.info("%s was %s a weight average; starting afresh", checkpoint,
+                 "trained without" if ema is not None else "selected on")
+        return fresh
     model.load_state_dict(state["model"])
+    restore_ema(ema, state)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -152,9 +169,9 @@ def _epoch_batches(loader: DataLoader, train: CropDataset, seed: int,
 
 def _train_epoch(model: SeverityModel, batches: Iterator[dict[str, torch.Tensor]], optimizer, scheduler,
                  scaler, class_weights: torch.Tensor, cfg: dict[str, Any], device: torch.device,
-                 amp: torch.dtype | None) -> dict[str, float]:
+                 amp: torch.dtype | None, ema: ModelEmaV3 | None = None) -> dict[str, float]:
     """One pass over ``batches``: mean loss, throughput and the share of the time spent
-    waiting for data."""
+    waiting for data. ``ema``, when given, follows the weights after every step."""
     model.train()
     started = time.perf_counter()
     waiting, losses, seen = 0.0, [], 0
@@ -174,6 +191,8 @@ def _train_epoch(model: SeverityModel, batches: Iterator[dict[str, torch.Tensor]
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:  # the scheduler counts the steps (and is restored on resume)
+            ema.update(model, step=scheduler.last_epoch)
         losses.append(float(loss.detach()))
         seen += images.shape[0]
         if device.type == "cuda":
@@ -189,7 +208,10 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
         log_metrics: Callable[[dict, int | None], None] | None = None) -> tuple[SeverityModel, list[dict]]:
     """Train, keep the best epoch by validation loss or ``metric`` (lower is better), and
-    return the model at its best epoch with the per-epoch history.
+    return the model at its best epoch with the per-epoch history. With ``ema_decay`` > 0
+    (absent: 0), validation and selection read an exponential moving average of the weights
+    (spinepipe.classify.weight_averaging), and the model returned holds the selected epoch's
+    average.
 
     ``checkpoint`` receives the state after every epoch, before the epoch's figures go to
     ``log_metrics``; when it exists with the same ``fingerprint`` (config and data), training
@@ -199,6 +221,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     amp = autocast_dtype(device, cfg["precision"], "train.precision")
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
+    ema = make_ema(model, float(cfg.get("ema_decay", 0.0)))
     class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device)
     np_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -209,15 +232,17 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg["warmup_epochs"] * steps, cfg["epochs"] * steps))
     scaler = grad_scaler(device, amp)
-    start, history, best = _resume(checkpoint, fingerprint, model, optimizer, scheduler, scaler)
+    start, history, best = _resume(checkpoint, fingerprint, model, optimizer, scheduler, scaler, ema)
+    evaluated = evaluated_model(model, ema)
     batches = _epoch_batches(train_loader, train, seed, start) if start < cfg["epochs"] else iter(())
     for epoch in range(start, cfg["epochs"]):
-        figures = _train_epoch(model, batches, optimizer, scheduler, scaler, class_weights, cfg, device, amp)
+        figures = _train_epoch(model, batches, optimizer, scheduler, scaler, class_weights, cfg, device,
+                               amp, ema)
         if epoch + 1 < cfg["epochs"]:
             # the next epoch's first batches load while this one validates: on a GPU an
             # epoch of a few batches would otherwise wait for its first batch every time
             batches = _epoch_batches(train_loader, train, seed, epoch + 1)
-        logits, targets, _ = predict(model, val_loader, device, amp)
+        logits, targets, _ = predict(evaluated, val_loader, device, amp)
         probs = torch.from_numpy(logits).softmax(-1).numpy()
         record = {"epoch": epoch, "train_loss": figures["train_loss"],
                   "val_loss": weighted_log_loss_from_logits(logits, targets, np_weights),
@@ -232,7 +257,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
             else record["val_loss"]
         if not math.isnan(current) and current < best["score"] or best["state"] is None:
             best = {"score": current, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}}
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v
                                          for k, v in record.items()})
         # the resume state first, then the tracking store: a tracking failure (or a kill
@@ -240,7 +265,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         checkpoints.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "scaler": scaler.state_dict(), "history": history, "best": best,
-                          "rng": checkpoints.rng_state()}, checkpoint)
+                          "rng": checkpoints.rng_state(), **ema_state(ema)}, checkpoint)
         if log_metrics is not None:
             log_metrics({k: v for k, v in record.items() if k != "epoch"}, epoch)
     model.load_state_dict(best["state"])
