@@ -41,7 +41,8 @@ TRAIN_CFG = {"backbone": "resnet10t", "weights": "", "head": "gru", "hidden": 16
              "warmup_epochs": 1, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
              "select_by": "loss", "slice_jitter": 1, "point_jitter": 2, "skip_missing": True,
              "augment": [], "num_workers": 0, "pin_memory": False, "prefetch_factor": 2, "device": "cpu",
-             "temperature_scaling": True, "precision": "fp32", "channels_last": False}
+             "temperature_scaling": True, "precision": "fp32", "channels_last": False,
+             "ema_decay": 0.0}
 
 
 @pytest.mark.parametrize("head", ["gru", "lstm", "meanmax"])

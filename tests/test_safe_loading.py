@@ -24,7 +24,7 @@ TRAIN = {"backbone": "resnet10t", "weights": "", "head": "meanmax", "hidden": 8,
          "aux_weight": 0.0, "epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0,
          "warmup_epochs": 0, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
          "select_by": "loss", "num_workers": 0, "pin_memory": False, "prefetch_factor": 2,
-         "precision": "fp32", "channels_last": False}
+         "precision": "fp32", "channels_last": False, "ema_decay": 0.0}
 
 
 def _run_on_load(marker: str) -> str:

@@ -172,7 +172,7 @@ def test_each_epoch_is_checkpointed_before_its_metrics_are_logged(tmp_path):
            "aux_weight": 0.0, "epochs": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0,
            "warmup_epochs": 0, "grad_clip": 1.0, "class_weights": [1.0, 2.0, 4.0],
            "select_by": "loss", "num_workers": 0, "pin_memory": False, "prefetch_factor": 2,
-           "precision": "fp32", "channels_last": False}
+           "precision": "fp32", "channels_last": False, "ema_decay": 0.0}
     checkpoint = tmp_path / "ckpt" / "spinal_fold0.last.pt"
     seen = []
 

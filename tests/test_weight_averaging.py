@@ -179,10 +179,13 @@ def test_the_fold_model_saved_is_the_selected_epochs_average(tmp_path, monkeypat
 
 
 def test_without_a_decay_nothing_changes(tmp_path, monkeypatch):
-    """ema_decay 0 (or absent): no average is made and the run is the one without the key."""
+    """ema_decay 0: no average is made, and the run is the one of a fit that never calls
+    make_ema."""
     samples = _samples(tmp_path)
     cfg = TRAIN_CFG | {"epochs": 2, "hidden": 8}
-    plain, history = _fit(samples, cfg, tmp_path / "a.pt")
+    monkeypatch.setattr(training, "make_ema", lambda model, decay: None)
+    plain, history = _fit(samples, cfg | {"ema_decay": 0.0}, tmp_path / "a.pt")
+    monkeypatch.undo()
     monkeypatch.setattr(training, "make_ema", lambda model, decay: pytest.fail("an average was made")
                         if decay else None)
     off, off_history = _fit(samples, cfg | {"ema_decay": 0.0}, tmp_path / "b.pt")

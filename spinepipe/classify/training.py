@@ -208,8 +208,8 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
         metric: Callable[[np.ndarray, np.ndarray], float] | None = None,
         log_metrics: Callable[[dict, int | None], None] | None = None) -> tuple[SeverityModel, list[dict]]:
     """Train, keep the best epoch by validation loss or ``metric`` (lower is better), and
-    return the model at its best epoch with the per-epoch history. With ``ema_decay`` > 0
-    (absent: 0), validation and selection read an exponential moving average of the weights
+    return the model at its best epoch with the per-epoch history. With ``ema_decay`` > 0,
+    validation and selection read an exponential moving average of the weights
     (spinepipe.classify.weight_averaging), and the model returned holds the selected epoch's
     average.
 
@@ -221,7 +221,7 @@ def fit(model: SeverityModel, train: CropDataset, val: CropDataset, cfg: dict[st
     amp = autocast_dtype(device, cfg["precision"], "train.precision")
     memory_format = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    ema = make_ema(model, float(cfg.get("ema_decay", 0.0)))
+    ema = make_ema(model, float(cfg["ema_decay"]))
     class_weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=device)
     np_weights = np.asarray(cfg["class_weights"], dtype=np.float64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
