@@ -76,7 +76,12 @@ rule cv_report:
         datasets="results/tracking/datasets_test.json",
         code=script_code("cv_report"),
     output:
-        report("results/eval/cv.json", caption="../report/cv.rst", category="Evaluation"),
+        cv=report("results/eval/cv.json", caption="../report/cv.rst", category="Evaluation"),
+        placement=report(
+            "results/eval/score_placement.png",
+            caption="../report/score_placement.rst",
+            category="Evaluation",
+        ),
     log:
         "logs/eval/cv_report.log",
     benchmark:
@@ -133,7 +138,8 @@ use rule cv_report as cv_report_seed with:
             parent=seed_path("results/train/parent_run.json"),
         ),
     output:
-        seed_path("results/eval/cv.json"),
+        cv=seed_path("results/eval/cv.json"),
+        placement=seed_path("results/eval/score_placement.png"),
     log:
         seed_path("logs/eval/cv_report.log"),
     benchmark:

@@ -118,3 +118,21 @@ def test_gap_closed_places_a_score_between_prior_and_floor():
     assert gap_closed(1.0, prior=1.0, floor=0.3) == 0.0
     assert gap_closed(0.3, prior=1.0, floor=0.3) == 1.0
     assert gap_closed(0.65, prior=1.0, floor=0.3) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("with_floor", [True, False], ids=["synthetic", "real data"])
+def test_score_placement_figure(tmp_path, with_floor):
+    """The figure cv_report adds to the report: drawn with floors (synthetic data) and without
+    (a real data_dir: no true severities, no test labels)."""
+    from PIL import Image
+
+    from spinepipe.classify.plots import plot_score_placement
+
+    cv = {"cv_score": 0.5, "cv_score_annotated_points": 0.45, "prior_score": 1.1}
+    if with_floor:
+        cv |= {"floor_score": 0.3, "gap_closed": 0.75, "test_score": 0.55, "test_prior_score": 1.05,
+               "test_floor_score": 0.28, "test_gap_closed": 0.65}
+    path = tmp_path / "placement.png"
+    plot_score_placement(cv, path)
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    assert pixels.std() > 10 and pixels.shape[0] < pixels.shape[1]

@@ -557,6 +557,14 @@ def test_report_shows_the_study_sheets_in_a_real_browser(workflow_run, chromium)
         assert browser.show_result(driver, "degraded") == "img"
         shown = browser.image_rendered(driver)
         assert shown["decoded"] and shown["non_blank"], shown
+        # Evaluation: the scores placed between the prior and the Bayes floor
+        browser.open_category(driver, "Evaluation")
+        listed = {row.get("File", "") for row in browser.list_results(driver)}
+        assert "results/eval/score_placement.png" in listed, listed
+        assert browser.show_result(driver, "score_placement.png") == "img"
+        shown = browser.image_rendered(driver)
+        assert shown["decoded"] and shown["non_blank"], shown
+        assert "floor" in browser.result_info(driver, "score_placement.png")["caption"]
         assert browser.console_errors(driver) == []
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from spinepipe.bayes_floor import placement
+from spinepipe.classify.plots import plot_score_placement
 from spinepipe.dataset import read_labels
 from spinepipe.logs import setup_logging
 from spinepipe.metric import prior_predictions, score
@@ -40,7 +41,8 @@ if snakemake.input.truth:  # P(grade | true severity) of every graded structure
     if "test_score" in result:
         result.update(placement(truth.filter(pl.col("split") == "test"), test_labels,
                                 result["test_score"], result["test_prior_score"], prefix="test_"))
-Path(snakemake.output[0]).write_text(json.dumps(result, indent=2))
+Path(snakemake.output.cv).write_text(json.dumps(result, indent=2))
+plot_score_placement(result, Path(snakemake.output.placement))
 logging.info("cv %.4f end to end, %.4f on annotated points (prior %.4f, floor %s); test %s "
              "(prior %s, floor %s)", result["cv_score"], result["cv_score_annotated_points"],
              result["prior_score"], result.get("floor_score"), result.get("test_score"),
@@ -55,4 +57,5 @@ if "test_score" in result:
                     tags={"stage": "evaluate", "seed": str(parent["seed"])},
                     parent_run_id=parent["run_id"]) as run:
         run(metrics | flatten({"test_terms": result["test_terms"]}))
-        run.log_artifact(snakemake.output[0])
+        run.log_artifact(snakemake.output.cv)
+        run.log_artifact(snakemake.output.placement)

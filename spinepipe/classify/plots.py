@@ -80,3 +80,42 @@ def plot_calibration(probs: np.ndarray, targets: np.ndarray, path: Path, bins: i
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_score_placement(cv: dict, path: Path) -> None:
+    """Each split's score between its prior (the ceiling) and, where the true severities are
+    known, its Bayes floor: one row for the CV (train split), one for the test split (when
+    scored), the share of the gap closed beside each score."""
+    plt = _pyplot()
+    rows = [("CV (train, out of fold)", "", cv["cv_score"], cv.get("cv_score_annotated_points"))]
+    if cv.get("test_score") is not None:
+        rows.append(("test", "test_", cv["test_score"], None))
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.8 * len(rows)))
+    for y, (_, prefix, score, annotated) in enumerate(reversed(rows)):
+        prior, floor = cv[f"{prefix}prior_score"], cv.get(f"{prefix}floor_score")
+        low = 0.0 if floor is None else floor
+        ax.plot([low, prior], [y, y], color="0.8", linewidth=10, solid_capstyle="butt", zorder=1)
+        ax.scatter([prior], [y], marker="|", s=400, color="black", zorder=3)
+        ax.annotate(f"prior {prior:.3f}", (prior, y), xytext=(0, 12), textcoords="offset points",
+                    ha="center", fontsize=8)
+        if floor is not None:
+            ax.scatter([floor], [y], marker="|", s=400, color="tab:green", zorder=3)
+            ax.annotate(f"floor {floor:.3f}", (floor, y), xytext=(0, 12), textcoords="offset points",
+                        ha="center", fontsize=8, color="tab:green")
+        if annotated is not None:
+            ax.scatter([annotated], [y], marker="o", facecolors="none", edgecolors="tab:blue",
+                       zorder=4, label="CV on annotated points")
+        closed = cv.get(f"{prefix}gap_closed")
+        text = f"{score:.3f}" + ("" if closed is None else f" ({100 * closed:.0f}% of the gap)")
+        ax.scatter([score], [y], marker="o", color="tab:red", zorder=5)
+        ax.annotate(text, (score, y), xytext=(0, -16), textcoords="offset points", ha="center",
+                    fontsize=8, color="tab:red")
+    ax.set_yticks(range(len(rows)), [name for name, *_ in reversed(rows)])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("competition metric (lower is better)")
+    if any(annotated is not None for *_, annotated in rows):
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
