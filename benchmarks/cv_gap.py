@@ -9,7 +9,9 @@ and the localization targets (results/eval/localization.json).
 RUN_DIR is a Snakemake working directory (holding results/). Example: two runs of the same
 dataset, one per training variant, each with `train: {seeds: [1, 2]}`:
 
-    python benchmarks/cv_gap.py /tmp/default_new=share0.5 /tmp/default_old=share0
+    python benchmarks/cv_gap.py --paired /tmp/default_new=share0.5 /tmp/default_old=share0
+
+With --paired, each later run's seed-by-seed difference to the first run is printed too.
 """
 
 from __future__ import annotations
@@ -34,15 +36,30 @@ FIGURES = ("cv_score", "cv_score_annotated_points", "test_score", "gap_closed", 
 SPLIT_FIGURES = ("prior_score", "floor_score", "test_prior_score", "test_floor_score")
 
 
-def run_figures(results: Path) -> dict[str, list[float]]:
-    """Per-seed values of the headline figures, and the per-seed gap test - end-to-end CV."""
+def seed_values(results: Path) -> dict[str, dict[str, float | None]]:
+    """Per headline figure, its value in each seed's run (keyed by seed)."""
     seeds_file, cv_file = results / "eval" / "seeds.json", results / "eval" / "cv.json"
     if seeds_file.exists():
         figures = json.loads(seeds_file.read_text())["figures"]
-        per_seed = {name: figures.get(name, {}).get("values", {}) for name in FIGURES}
-    else:
-        cv = json.loads(cv_file.read_text())
-        per_seed = {name: {"master": cv.get(name)} for name in FIGURES}
+        return {name: figures.get(name, {}).get("values", {}) for name in FIGURES}
+    cv = json.loads(cv_file.read_text())
+    return {name: {"master": cv.get(name)} for name in FIGURES}
+
+
+def paired_differences(run: Path, reference: Path) -> dict[str, list[float]]:
+    """Per figure, run - reference for each seed both have: training variants run with the
+    same seeds share data, folds and localization, so the paired difference is the variant's
+    effect with the seed's own luck taken out."""
+    mine, theirs = seed_values(run), seed_values(reference)
+    return {name: [float(mine[name][s]) - float(theirs[name][s]) for s in mine[name]
+                   if mine[name].get(s) is not None and theirs[name].get(s) is not None]
+            for name in FIGURES}
+
+
+def run_figures(results: Path) -> dict[str, list[float]]:
+    """Per-seed values of the headline figures, and the per-seed gap test - end-to-end CV."""
+    cv_file = results / "eval" / "cv.json"
+    per_seed = seed_values(results)
     out = {name: [float(v) for v in values.values() if v is not None] for name, values in per_seed.items()}
     cv = json.loads(cv_file.read_text())
     out |= {name: [float(cv[name])] for name in SPLIT_FIGURES if cv.get(name) is not None}
@@ -72,6 +89,8 @@ def localization_line(results: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=LABEL")
+    parser.add_argument("--paired", action="store_true",
+                        help="also print each run's difference to the first run, seed by seed")
     args = parser.parse_args()
     print(f"{'run':<22} {'n':>2}  {'end-to-end CV':>16}  {'annotated CV':>16}  {'test':>16}  {'test - CV':>16}")
     for spec in args.runs:
@@ -87,6 +106,18 @@ def main() -> None:
                   f"test: prior {_spread(figures['test_prior_score'])}, floor "
                   f"{_spread(figures['test_floor_score'])}, gap closed {_spread(figures['test_gap_closed'])}")
         print(f"{'':<22} localization (test; gross out of fold): {localization_line(results)}")
+    if args.paired and len(args.runs) > 1:
+        first = Path(args.runs[0].partition("=")[0]) / "results"
+        print(f"\npaired difference to {args.runs[0]}, mean +/- sd over the seeds both have "
+              "(negative: better score; positive: more of the gap closed)")
+        print(f"{'run':<22} {'n':>2}  {'end-to-end CV':>16}  {'test':>16}  {'CV gap closed':>16}  "
+              f"{'test gap closed':>16}")
+        for spec in args.runs[1:]:
+            directory, _, label = spec.partition("=")
+            diff = paired_differences(Path(directory) / "results", first)
+            print(f"{label or directory:<22} {len(diff['cv_score']):>2}  {_spread(diff['cv_score']):>16}  "
+                  f"{_spread(diff['test_score']):>16}  {_spread(diff['gap_closed']):>16}  "
+                  f"{_spread(diff['test_gap_closed']):>16}")
 
 
 if __name__ == "__main__":
