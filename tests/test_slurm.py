@@ -340,8 +340,10 @@ def test_slurm_outputs_match_a_local_run(slurm_run, tiny_run):
     assert slurm_run["damaged"] == damaged
     on_slurm = slurm_run["workdir"] / "results"
     local = local_dir / "results"
+    from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS
+
     csvs = sorted(p.name for p in (local / "synthetic").glob("*.csv"))
-    assert len(csvs) == 8
+    assert csvs == sorted([*SPLIT_CSVS["train"], *SPLIT_CSVS["test"], *TRUTH_CSVS])
     assert sorted(p.name for p in (on_slurm / "synthetic").glob("*.csv")) == csvs
     for name in csvs:
         assert (on_slurm / "synthetic" / name).read_bytes() == \
