@@ -25,17 +25,16 @@ TEST_HEADLINE = ("test_score", "test_prior_score", "test_floor_score", "test_gap
 
 setup_logging(snakemake.log[0])
 result = json.loads(Path(snakemake.input.oof).read_text())
+train_labels = read_labels(Path(snakemake.input.labels))
 if snakemake.input.test_labels:
     test_labels = read_labels(Path(snakemake.input.test_labels[0]))
     submission = pl.read_csv(snakemake.input.submission)
     test = score(test_labels, submission)
-    prior = score(test_labels, prior_predictions(read_labels(Path(snakemake.input.labels)),
-                                                 submission["row_id"].to_list()))
+    prior = score(test_labels, prior_predictions(train_labels, submission["row_id"].to_list()))
     result.update(test_score=test["score"], test_prior_score=prior["score"],
                   test_terms={k: v for k, v in test.items() if k != "score"})
 if snakemake.input.truth:  # P(grade | true severity) of every graded structure
     truth = pl.read_csv(snakemake.input.truth[0])
-    train_labels = read_labels(Path(snakemake.input.labels))
     result.update(placement(truth.filter(pl.col("split") == "train"), train_labels,
                             result["cv_score"], result["prior_score"]))
     if "test_score" in result:
