@@ -2,7 +2,6 @@
 # where the dataset lives, how synthetic studies are sharded, code inputs, seeds, the file
 # lists a rule gathers.
 import functools
-import os
 
 import polars as pl
 
@@ -136,11 +135,8 @@ SCRIPTS_DIR = Path(workflow.basedir) / "workflow_scripts"
 def script_code(script):
     """The package modules workflow_scripts/<script>.py executes (its import closure in
     spinepipe), as inputs: editing one reruns the rule and what follows (Snakemake tracks a
-    rule's script, not the library code it imports). Derived, so it cannot drift from the code.
-    Relative to the working directory: Snakemake records each job's input set, so absolute
-    paths would make a project moved or mounted elsewhere (its code beside it) rerun all."""
-    closure = import_closure(SCRIPTS_DIR / f"{script}.py", PACKAGE_DIR)
-    return [os.path.relpath(path) for path in closure]
+    rule's script, not the library code it imports). Derived, so it cannot drift from the code."""
+    return [str(path) for path in import_closure(SCRIPTS_DIR / f"{script}.py", PACKAGE_DIR)]
 
 
 def inherited_input(rule, **overrides):
