@@ -40,6 +40,8 @@ from conftest import REPO, TINY
 from system_packages import unavailable
 from workflow_runs import DATASET_TARGET, damage_test_study, planned_jobs
 
+from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS
+
 PROFILE = REPO / "profiles" / "slurm"
 # Rules of the default target that snakemake runs itself, not as Slurm jobs.
 LOCAL_RULES = {"all"}
@@ -340,8 +342,6 @@ def test_slurm_outputs_match_a_local_run(slurm_run, tiny_run):
     assert slurm_run["damaged"] == damaged
     on_slurm = slurm_run["workdir"] / "results"
     local = local_dir / "results"
-    from spinepipe.synth.layout import SPLIT_CSVS, TRUTH_CSVS
-
     csvs = sorted(p.name for p in (local / "synthetic").glob("*.csv"))
     assert csvs == sorted([*SPLIT_CSVS["train"], *SPLIT_CSVS["test"], *TRUTH_CSVS])
     assert sorted(p.name for p in (on_slurm / "synthetic").glob("*.csv")) == csvs
